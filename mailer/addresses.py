@@ -1,0 +1,110 @@
+"""Cleaning what people typed: email addresses (validated, IDNA) and names (no control chars).
+
+Pure functions, no I/O: email-validator checks syntax only (no DNS), domains become IDNA
+A-labels for the wire while the address as written is kept for display.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from email.utils import parseaddr
+
+from email_validator import EmailNotValidError, validate_email
+
+# Invisible characters that trimming must also remove (str.strip() already handles
+# no-break spaces, which are Unicode white space).
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+# Bidirectional overrides and isolates: they can disguise a name ("Trojan Source").
+_BIDI = dict.fromkeys(
+    map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+)
+_JOINERS = "\u200c\u200d"  # needed inside some scripts and emoji
+_SPACES = re.compile(r"\s+")
+NAME_MAX = 200
+
+
+class AddressError(ValueError):
+    """The reason an address was refused, worded for the rejects report."""
+
+
+@dataclass(frozen=True)
+class Address:
+    email: str  # as written (trimmed, NFC): for display
+    key: str  # dedupe key: case-folded local part @ IDNA domain
+    address: str  # for the SMTP envelope and To: local part @ A-label domain
+    smtputf8: bool  # the local part is not ASCII: the relay must offer SMTPUTF8
+
+
+def clean_address(raw: str) -> tuple[Address, list[str]]:
+    """Validate one cell; return the address and any warnings, or raise AddressError."""
+    warnings: list[str] = []
+    text = unicodedata.normalize("NFC", raw).strip().strip(_INVISIBLE).strip()
+    if not text:
+        raise AddressError("missing address")
+    if text.lower().startswith("mailto:"):
+        text = text[7:].strip()
+    if "<" in text and text.endswith(">"):
+        _, inner = parseaddr(text)
+        if not inner:
+            raise AddressError(f"invalid address: {text!r}")
+        warnings.append(f"display name around {inner} ignored")
+        text = inner
+    if text.count("@") > 1 and re.search(r"[,;\s]", text):
+        raise AddressError("several addresses in one cell")
+    try:
+        result = validate_email(
+            text, check_deliverability=False, allow_smtputf8=True, allow_display_name=False
+        )
+    except EmailNotValidError as exc:
+        raise AddressError(f"invalid address: {exc}") from None
+    local, domain = result.local_part, result.ascii_domain.lower()
+    return (
+        Address(
+            email=text,
+            key=f"{local.casefold()}@{domain}",
+            address=f"{local}@{domain}",
+            smtputf8=bool(result.smtputf8),
+        ),
+        warnings,
+    )
+
+
+def clean_name(raw: str) -> tuple[str | None, bool]:
+    """Trim a name and drop control and bidi characters; say whether any were removed."""
+    text = unicodedata.normalize("NFC", raw)
+    removed = False
+    if not text.isprintable():  # rare: only then look at each character
+        kept: list[str] = []
+        for char in text:
+            if char.isspace():
+                kept.append(" ")
+            elif ord(char) in _BIDI or (
+                unicodedata.category(char) in {"Cc", "Cf"} and char not in _JOINERS
+            ):
+                removed = True
+            else:
+                kept.append(char)
+        text = "".join(kept)
+    cleaned = _SPACES.sub(" ", text).strip().strip(_INVISIBLE).strip()[:NAME_MAX]
+    return (cleaned or None), removed
+
+
+def split_full_name(full: str) -> tuple[str | None, str | None]:
+    """`Hélène Dupont` -> (Hélène, Dupont); `DUPONT Hélène` -> (Hélène, DUPONT).
+
+    A French list often writes the family name first, in capitals: that is the only order
+    this guesses; otherwise the first word is the given name and the rest the family name.
+    """
+    words = full.split()
+    if not words:
+        return None, None
+    if len(words) == 1:
+        return words[0], None
+    capitals = [w for w in words if w.isupper() and len(w) > 1]
+    if capitals and len(capitals) < len(words) and words[0] in capitals:
+        last = [w for w in words if w in capitals]
+        first = [w for w in words if w not in capitals]
+        return " ".join(first), " ".join(last)
+    return words[0], " ".join(words[1:])

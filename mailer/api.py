@@ -1,0 +1,341 @@
+"""One function per user action, shared by the CLI and the tests. Nothing here prints.
+
+Each function opens the database named by the settings (creating or upgrading its schema),
+does one job, and returns plain data; errors are MailerError subclasses.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from mailer.addresses import AddressError, clean_address
+from mailer.clock import Clock, system_clock
+from mailer.config import Settings
+from mailer.csvsource import CsvSource
+from mailer.errors import InputError, NotFoundError
+from mailer.headers import map_columns, parse_map_options
+from mailer.importer import Candidate, Notice, Rejection, parse_record
+from mailer.states import SubscriberStatus
+from mailer.store import meta, stats
+from mailer.store import subscribers as store
+from mailer.store.engine import (
+    database_errors,
+    ensure_schema,
+    open_engine,
+    read_transaction,
+    write_transaction,
+)
+from mailer.tokens import keyed_hash, token_subscriber_id, verify_token
+
+BATCH_SIZE = 2000
+Progress = Callable[[int, int], None]
+
+
+@contextmanager
+def open_database(settings: Settings) -> Iterator[Engine]:
+    """The engine for the configured database, schema ready; errors translated."""
+    engine = open_engine(settings.database_url)
+    try:
+        with database_errors(engine):
+            ensure_schema(engine)
+            yield engine
+    finally:
+        engine.dispose()
+
+
+# --- import -------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    file: str
+    rows: int = 0
+    imported: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    warnings: list[Notice] = field(default_factory=list)
+    encoding: str = ""
+    delimiter: str = ""
+    columns: dict[str, str] = field(default_factory=dict)
+    ignored_columns: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "rows": self.rows,
+            "imported": self.imported,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "duplicates": self.duplicates,
+            "rejected": [{"line": r.line, "reason": r.reason} for r in self.rejected],
+            "warnings": [{"line": w.line, "message": w.message} for w in self.warnings],
+            "encoding": self.encoding,
+            "delimiter": self.delimiter,
+            "columns": self.columns,
+            "ignored_columns": self.ignored_columns,
+            "dry_run": self.dry_run,
+        }
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_safe(cell: str) -> str:
+    """A cell a spreadsheet will show, never run (OWASP CSV injection)."""
+    return "'" + cell if cell.startswith(_FORMULA_START) else cell
+
+
+def write_rejects(path: Path, header: list[str], rejected: list[Rejection], delimiter: str) -> None:
+    try:
+        with path.open("w", encoding="utf-8-sig", newline="") as handle:
+            writer = csv.writer(handle, delimiter=delimiter)
+            writer.writerow(["line", "reason", *header])
+            for rejection in rejected:
+                writer.writerow(
+                    [
+                        rejection.line,
+                        formula_safe(rejection.reason),
+                        *(formula_safe(c) for c in rejection.cells),
+                    ]
+                )
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def import_subscribers(
+    settings: Settings,
+    path: Path,
+    *,
+    dry_run: bool = False,
+    encoding: str | None = None,
+    delimiter: str | None = None,
+    maps: list[str] | None = None,
+    attributes: list[str] | None = None,
+    rejects_path: Path | None = None,
+    progress: Progress | None = None,
+    clock: Clock = system_clock,
+) -> ImportReport:
+    """Validate, deduplicate and store the subscribers of a CSV file; report every rejected line.
+
+    Streams the file in batches of BATCH_SIZE rows, one transaction each, so memory stays flat
+    and a crash keeps what was merged (re-running is idempotent). With dry_run, everything
+    runs inside one transaction that is rolled back.
+    """
+    mapping = parse_map_options(maps or [])
+    started = clock()
+    with CsvSource(path, encoding=encoding, delimiter=delimiter) as source:
+        columns = map_columns(source.header, mapping=mapping, attributes=attributes)
+        report = ImportReport(file=path.name, delimiter=source.delimiter, dry_run=dry_run)
+        report.columns = {name: source.header[index] for name, index in columns.fields.items()}
+        report.ignored_columns = columns.ignored
+        with open_database(settings) as engine, engine.connect() as connection:
+            connection = connection.execution_options(write=True)
+            suppression_key = meta.secret(connection, meta.SUPPRESSION_KEY)
+            store.start_import(connection)
+            if not dry_run:
+                connection.commit()
+            batch: list[Candidate] = []
+
+            def flush() -> None:
+                result = store.merge_batch(
+                    connection,
+                    batch,
+                    suppression_key=suppression_key,
+                    source=path.name,
+                    now=clock(),
+                )
+                if not dry_run:
+                    connection.commit()
+                report.imported += result.imported
+                report.updated += result.updated
+                report.unchanged += result.unchanged
+                report.duplicates += result.duplicates
+                report.rejected.extend(result.rejections)
+                report.warnings.extend(result.notices)
+                batch.clear()
+                if progress:
+                    progress(*source.progress())
+
+            for record in source.records():
+                report.rows += 1
+                for outcome in parse_record(record, columns):
+                    if isinstance(outcome, Candidate):
+                        batch.append(outcome)
+                    elif isinstance(outcome, Rejection):
+                        report.rejected.append(outcome)
+                    else:
+                        report.warnings.append(outcome)
+                if len(batch) >= BATCH_SIZE:
+                    flush()
+            flush()
+            store.finish_import(connection)
+            if dry_run:
+                connection.rollback()
+            else:
+                store.record_import(
+                    connection,
+                    {
+                        "source": path.name[:255],
+                        "started_at": started,
+                        "finished_at": clock(),
+                        "rows": report.rows,
+                        "imported": report.imported,
+                        "updated": report.updated,
+                        "unchanged": report.unchanged,
+                        "duplicates": report.duplicates,
+                        "rejected": len(report.rejected),
+                    },
+                )
+                connection.commit()
+        report.encoding = source.encoding
+    if source.stats.cp1252_lines and source.stats.utf8_lines:
+        report.warnings.insert(
+            0,
+            Notice(
+                source.stats.first_cp1252_line or 0,
+                "the file mixes UTF-8 and Windows-1252 lines; each line was read in its own",
+            ),
+        )
+    for line in source.stats.replaced_lines:
+        report.warnings.append(Notice(line, f"bytes not valid in {encoding}; replaced by �"))
+    report.rejected.sort(key=lambda r: r.line)
+    report.warnings.sort(key=lambda w: w.line)
+    if rejects_path is not None:
+        write_rejects(rejects_path, source.header, report.rejected, source.delimiter)
+    return report
+
+
+# --- subscribers --------------------------------------------------------------------------
+
+
+def subscriber_json(row: Any) -> dict[str, Any]:
+    return {
+        "email": row.email,
+        "first_name": row.first_name,
+        "last_name": row.last_name,
+        "civility": row.civility,
+        "status": row.status,
+        "attributes": row.attributes or {},
+    }
+
+
+def list_subscribers(
+    settings: Settings, status: SubscriberStatus | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every subscriber as the contract's JSON object, streamed."""
+    with open_database(settings) as engine, read_transaction(engine) as connection:
+        for row in store.iterate(connection, status):
+            yield subscriber_json(row)
+
+
+def _key_of(email: str) -> str:
+    try:
+        address, _ = clean_address(email)
+    except AddressError as exc:
+        raise InputError(f"{email!r}: {exc}") from exc
+    return address.key
+
+
+def token_secret(settings: Settings, connection: Any) -> bytes:
+    if settings.secret:
+        return settings.secret.encode("utf-8")
+    return meta.secret(connection, meta.TOKEN_SECRET)
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    email: str
+    changed: bool
+    status: str
+
+
+def unsubscribe(
+    settings: Settings,
+    email: str | None = None,
+    *,
+    token: str | None = None,
+    clock: Clock = system_clock,
+) -> StatusChange:
+    """Unsubscribe by address or by the token of an unsubscribe link; idempotent."""
+    with open_database(settings) as engine, write_transaction(engine) as connection:
+        if token is not None:
+            subscriber_id = token_subscriber_id(token)
+            row = store.get(connection, subscriber_id) if subscriber_id is not None else None
+            if row is None or not verify_token(
+                token_secret(settings, connection), token, row.id, row.email_key
+            ):
+                raise NotFoundError("invalid or expired unsubscribe token")
+        else:
+            assert email is not None
+            row = store.find(connection, _key_of(email))
+            if row is None:
+                raise NotFoundError(f"{email} is not in the list")
+        changed = store.set_status(
+            connection, row.email_key, SubscriberStatus.UNSUBSCRIBED, clock()
+        )
+        status = SubscriberStatus.UNSUBSCRIBED.value if changed else row.status
+        return StatusChange(row.email, changed is not None, status)
+
+
+@dataclass(frozen=True)
+class Erasure:
+    email: str
+    was_subscriber: bool
+
+
+def forget(settings: Settings, email: str, *, clock: Clock = system_clock) -> Erasure:
+    """Erase a person for real; keep only a keyed hash so no later import brings them back."""
+    key = _key_of(email)
+    with open_database(settings) as engine:
+        with write_transaction(engine) as connection:
+            row = store.find(connection, key)
+            if row is not None:
+                store.erase(connection, row.id)
+            suppression_key = meta.secret(connection, meta.SUPPRESSION_KEY)
+            store.suppress(connection, keyed_hash(suppression_key, key), "forget", clock())
+        if engine.dialect.name == "sqlite":
+            # secure_delete zeroed the freed cells; the checkpoint moves that into the main
+            # file and empties the WAL, so the address is gone from the file's bytes.
+            with engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        return Erasure(email, row is not None)
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+def status(settings: Settings, campaign: str | None = None) -> dict[str, Any]:
+    """The contract's `mailer status --json` shape, for one campaign or for everything."""
+    with open_database(settings) as engine, read_transaction(engine) as connection:
+        if campaign is not None:
+            found = stats.campaign_status(connection, campaign)
+            if found is None:
+                raise NotFoundError(
+                    f"unknown campaign {campaign!r}",
+                    hint="a campaign exists once `mailer send CAMPAIGN` has queued it",
+                )
+            return found
+        campaigns = [
+            stats.campaign_status(connection, name) for name in stats.campaign_names(connection)
+        ]
+        return {
+            "subscribers": store.count_by_status(connection),
+            "campaigns": [c for c in campaigns if c is not None],
+        }
+
+
+def check_database(settings: Settings) -> str:
+    """Open (and create or upgrade) the database; return its backend name."""
+    with open_database(settings) as engine, read_transaction(engine) as connection:
+        connection.execute(text("SELECT 1"))
+        return engine.dialect.name

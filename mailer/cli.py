@@ -1,0 +1,320 @@
+"""The `mailer` command line: parse, call one api function, print, exit with the contract's code.
+
+No SQL or SMTP here. Errors are MailerError only: one line `Error: ...` (and a `Hint: ...`)
+on standard error, never a traceback. Results go to standard output; progress to standard
+error, and only on a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mailer import __version__, api
+from mailer.config import Settings, load_settings
+from mailer.errors import MailerError
+from mailer.states import SubscriberStatus
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+app = typer.Typer(
+    name="mailer",
+    help="A mailing-list dispatcher: import a list, send a campaign, retry, never twice.\n\n"
+    "Example: mailer import subscribers.csv && mailer status",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+subscribers_app = typer.Typer(
+    help="List, unsubscribe or erase subscribers.\n\nExample: mailer subscribers list --json",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(subscribers_app, name="subscribers")
+
+
+@dataclass
+class Global:
+    config: Path | None = None
+
+    def settings(self, **overrides: Any) -> Settings:
+        return load_settings(self.config).with_overrides(**overrides)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"mailer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="Settings file (default: ./mailer.toml or $MAILER_CONFIG)."),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Settings: defaults < mailer.toml < MAILER_* environment < options."""
+    ctx.obj = Global(config)
+
+
+def _global(ctx: typer.Context) -> Global:
+    return ctx.obj if isinstance(ctx.obj, Global) else Global()
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+@contextmanager
+def _progress(label: str, enabled: bool) -> Iterator[api.Progress | None]:
+    if not (enabled and err.is_terminal):
+        yield None
+        return
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+# --- import -------------------------------------------------------------------------------
+
+SHOWN = 20  # rejected lines / warnings printed before "... and N more"
+
+
+@app.command("import")
+def import_command(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="The CSV export to import.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report without writing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    encoding: Annotated[
+        str | None, typer.Option(help="Force an encoding (default: detected; e.g. cp1252).")
+    ] = None,
+    delimiter: Annotated[
+        str | None, typer.Option(help="Force a delimiter: , ; | or tab (default: detected).")
+    ] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map",
+            help="COLUMN=FIELD (email, first_name, last_name, name, "
+            "civility, status, ignore). Repeatable.",
+        ),
+    ] = None,
+    attribute: Annotated[
+        list[str] | None,
+        typer.Option(help="Also keep this column as an attribute ('*' for all). Repeatable."),
+    ] = None,
+    rejects: Annotated[
+        Path | None, typer.Option(help="Write rejected rows, with line and reason, to this CSV.")
+    ] = None,
+) -> None:
+    """Import subscribers from a CSV export (Excel, Mailchimp, listmonk, hand-made).
+
+    Encoding and delimiter are detected; columns are recognised by name (email, courriel,
+    prénom, nom, ...). Duplicates are skipped, nobody who unsubscribed is resubscribed, and
+    every rejected line is reported. Other columns are not stored unless --attribute says so.
+
+    Example: mailer import export.csv --dry-run, then: mailer import export.csv --rejects rejets.csv
+    """
+    settings = _global(ctx).settings()
+    with _progress(f"Importing {file.name}", not as_json) as progress:
+        report = api.import_subscribers(
+            settings,
+            file,
+            dry_run=dry_run,
+            encoding=encoding,
+            delimiter=delimiter,
+            maps=map_,
+            attributes=attribute,
+            rejects_path=rejects,
+            progress=progress,
+        )
+    if as_json:
+        _print_json(report.to_json())
+        return
+    shown_delimiter = {"\t": "tab"}.get(report.delimiter, report.delimiter)
+    out.print(
+        f"{report.file} ({report.encoding}, delimiter {shown_delimiter!r}): "
+        f"{report.rows} rows" + (" — dry run, nothing written" if dry_run else "")
+    )
+    for label, value in (
+        ("imported", report.imported),
+        ("updated", report.updated),
+        ("unchanged", report.unchanged),
+        ("duplicates", report.duplicates),
+        ("rejected", len(report.rejected)),
+    ):
+        out.print(f"  {label:<11}{value:>8}")
+    out.print("Columns: " + ", ".join(f"{h} → {f}" for f, h in report.columns.items()))
+    if report.ignored_columns:
+        out.print(
+            "Not stored: "
+            + ", ".join(report.ignored_columns)
+            + " (keep them with --attribute COLUMN)"
+        )
+    for title, items in (
+        ("Rejected", [(r.line, r.reason) for r in report.rejected]),
+        ("Warnings", [(w.line, w.message) for w in report.warnings]),
+    ):
+        if items:
+            out.print(f"{title}:")
+            for line, text in items[:SHOWN]:
+                out.print(f"  line {line}: {text}", markup=False)
+            if len(items) > SHOWN:
+                more = "; --rejects FILE writes them all" if title == "Rejected" else ""
+                out.print(f"  … and {len(items) - SHOWN} more{more}")
+    if rejects and report.rejected:
+        out.print(f"Rejected rows written to {rejects}")
+
+
+# --- subscribers --------------------------------------------------------------------------
+
+
+@subscribers_app.command("list")
+def list_command(
+    ctx: typer.Context,
+    status: Annotated[
+        SubscriberStatus | None, typer.Option(help="Only subscribers of this status.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """List subscribers, streamed (tab-separated, or a JSON array with --json).
+
+    Example: mailer subscribers list --status unsubscribed --json
+    """
+    settings = _global(ctx).settings()
+    rows = api.list_subscribers(settings, status)
+    write = sys.stdout.write
+    if as_json:
+        write("[")
+        for index, row in enumerate(rows):
+            write(("," if index else "") + "\n  " + json.dumps(row, ensure_ascii=False))
+        write("\n]\n")
+        return
+    for row in rows:
+        name = " ".join(p for p in (row["first_name"], row["last_name"]) if p)
+        write(f"{row['email']}\t{name}\t{row['status']}\n")
+
+
+@subscribers_app.command("unsubscribe")
+def unsubscribe_command(
+    ctx: typer.Context,
+    email: Annotated[str | None, typer.Argument(help="The address to unsubscribe.")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="The token of an unsubscribe link, instead of an address.")
+    ] = None,
+) -> None:
+    """Unsubscribe someone: they get nothing more, and no import resubscribes them.
+
+    Example: mailer subscribers unsubscribe helene@example.fr
+    """
+    if (email is None) == (token is None):
+        raise MailerError(
+            "give either an EMAIL or --token TOKEN",
+            hint="mailer subscribers unsubscribe helene@example.fr",
+        )
+    change = api.unsubscribe(_global(ctx).settings(), email, token=token)
+    if change.changed:
+        out.print(f"{change.email} unsubscribed", markup=False)
+    else:
+        out.print(f"{change.email} was already {change.status}; nothing changed", markup=False)
+
+
+@subscribers_app.command("forget")
+def forget_command(
+    ctx: typer.Context,
+    email: Annotated[str, typer.Argument(help="The address to erase.")],
+) -> None:
+    """Erase a person for real (right to erasure): every row naming the address is deleted.
+
+    Only a keyed hash is kept, so a later import cannot bring them back.
+
+    Example: mailer subscribers forget helene@example.fr
+    """
+    erasure = api.forget(_global(ctx).settings(), email)
+    if erasure.was_subscriber:
+        out.print(f"{email} erased; a later import will not add it again", markup=False)
+    else:
+        out.print(f"{email} was not in the list; recorded so that no import adds it", markup=False)
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+@app.command("status")
+def status_command(
+    ctx: typer.Context,
+    campaign: Annotated[str | None, typer.Argument(help="One campaign (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Where things stand: subscribers by status, deliveries by state per campaign.
+
+    Example: mailer status closure-notice --json
+    """
+    data = api.status(_global(ctx).settings(), campaign)
+    if as_json:
+        _print_json(data)
+        return
+    campaigns = [data] if campaign else data["campaigns"]
+    if not campaign:
+        counts = data["subscribers"]
+        out.print("Subscribers: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        if not campaigns:
+            out.print("No campaign yet.")
+    for item in campaigns:
+        states = ", ".join(f"{n} {s}" for s, n in item["counts"].items() if n)
+        line = f"{item['campaign']}: {item['total']} deliveries"
+        line += f" ({states})" if states else ""
+        if item["next_attempt_at"]:
+            line += f"; next attempt at {item['next_attempt_at']}"
+        out.print(line, markup=False)
+
+
+# --- entry point --------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; MailerError becomes `Error: ...` and its exit code."""
+    try:
+        app(args=argv, prog_name="mailer")
+    except MailerError as exc:
+        err.print(f"Error: {exc.message}", markup=False)
+        if exc.hint:
+            err.print(f"Hint: {exc.hint}", markup=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("Interrupted.")
+        sys.exit(130)
+    except SystemExit as exc:
+        # Usage errors are the user's to fix: exit 1 as the contract says (click uses 2).
+        if exc.code == 2:
+            sys.exit(1)
+        raise

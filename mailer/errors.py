@@ -1,0 +1,63 @@
+"""The one exception tree of mailer; each class carries the exit code the CLI returns.
+
+    MailerError                   exit 1   anything the user must fix
+    ├── InputError                exit 1   unreadable CSV, missing email column, bad option
+    ├── NotFoundError             exit 1   unknown subscriber, campaign or token
+    ├── ConfigError               exit 78  bad configuration (settings, secrets, credentials, TLS)
+    ├── SchemaError               exit 78  database of another schema than this code knows
+    ├── DatabaseError             exit 75  the database could not be reached or is locked; try again
+    └── RelayTemporaryError       exit 75  the relay is unreachable or throttling the whole run
+
+Foreign exceptions (csv, SQLAlchemy, jinja2, aiosmtplib) are translated once, where they are
+raised, with `raise ... from exc`; the message names the file and line, or the host. Bugs are
+not wrapped: they crash loudly.
+"""
+
+from __future__ import annotations
+
+EX_USAGE_OR_INPUT = 1
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+class MailerError(Exception):
+    """Something the user can act on; printed as one line `Error: ...` (plus an optional hint)."""
+
+    exit_code: int = EX_USAGE_OR_INPUT
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class InputError(MailerError):
+    """Bad input or usage: an unreadable file, a missing column, an invalid option value."""
+
+
+class NotFoundError(MailerError):
+    """A subscriber, campaign or token that does not exist."""
+
+
+class ConfigError(MailerError):
+    """A bad setting, a secret where secrets must not be, refused credentials or missing TLS."""
+
+    exit_code = EX_CONFIG
+
+
+class SchemaError(MailerError):
+    """The database was written by a newer mailer, or is not a mailer database at all."""
+
+    exit_code = EX_CONFIG
+
+
+class DatabaseError(MailerError):
+    """The database is unreachable or stays locked: temporary, run again later."""
+
+    exit_code = EX_TEMPFAIL
+
+
+class RelayTemporaryError(MailerError):
+    """The relay is unreachable, timing out or throttling the whole run: run again later."""
+
+    exit_code = EX_TEMPFAIL

@@ -1,0 +1,195 @@
+"""The database connection: engine, SQLite pragmas and file mode, schema migrations, errors.
+
+SQLite (the default) gets WAL, a busy timeout, foreign keys and secure_delete on every
+connection, a file created 0600, and real transactions: write transactions start with
+BEGIN IMMEDIATE so two processes queue for the lock instead of failing half-way.
+PostgreSQL is used through psycopg 3. The schema is created and upgraded by Alembic on
+first use; a database from a newer mailer is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+from mailer.errors import ConfigError, DatabaseError, SchemaError
+
+SCHEMA_HEAD = "0001"  # the newest migration in mailer/migrations/versions (a test checks)
+BUSY_TIMEOUT_MS = 30_000
+_MIGRATION_LOCK = 0x6D61696C6572  # "mailer": PostgreSQL advisory lock for migrations
+
+
+def describe(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file 0600 before SQLite does (it would use the umask)."""
+    if path.exists():
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot create the database {path}: {exc.strerror}") from exc
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control from the sqlite3 module: SQLAlchemy's "begin" event below
+    # emits BEGIN itself (the recipe in SQLAlchemy's SQLite documentation).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = NORMAL",
+        "PRAGMA foreign_keys = ON",
+        "PRAGMA secure_delete = ON",
+    ):
+        cursor.execute(pragma)
+    cursor.close()
+
+
+def _on_sqlite_begin(connection: Connection) -> None:
+    mode = "IMMEDIATE" if connection.get_execution_options().get("write") else "DEFERRED"
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def open_engine(url: str) -> Engine:
+    """An engine for `url`, with mailer's settings for its backend."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(
+            "MAILER_DATABASE_URL is not a valid SQLAlchemy URL",
+            hint="for example sqlite:///subscribers.db or postgresql+psycopg://user@host/db",
+        ) from exc
+    backend = parsed.get_backend_name()
+    options: dict[str, Any] = {}
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if backend == "postgresql":
+        options.update(pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    path = _sqlite_path(url)
+    if path is not None:
+        _create_private_file(path)
+    try:
+        engine = create_engine(parsed, **options)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(
+            f"no driver for the database {describe(url)}",
+            hint="for PostgreSQL: pip install 'mailer[postgres]' and use postgresql+psycopg://",
+        ) from exc
+    if backend == "sqlite":
+        event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "begin", _on_sqlite_begin)
+    return engine
+
+
+@contextmanager
+def database_errors(engine: Engine) -> Iterator[None]:
+    """Translate SQLAlchemy's connection-level failures into mailer's errors."""
+    try:
+        yield
+    except OperationalError as exc:
+        where = describe(str(engine.url.render_as_string(hide_password=False)))
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        if engine.dialect.name == "sqlite" and "not a database" in detail:
+            raise SchemaError(f"{where} is not a SQLite database ({detail})") from exc
+        if engine.dialect.name == "sqlite" and "locked" in detail:
+            raise DatabaseError(
+                f"the database {where} stayed locked for {BUSY_TIMEOUT_MS // 1000} s",
+                hint="another mailer is writing to it; run again when it is done",
+            ) from exc
+        raise DatabaseError(f"database {where}: {detail}") from exc
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that writes: BEGIN IMMEDIATE on SQLite; commits on success."""
+    with engine.connect() as connection:
+        connection = connection.execution_options(write=True)
+        with connection.begin():
+            yield connection
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    with engine.connect() as connection, connection.begin():
+        yield connection
+
+
+def _alembic_config(connection: Connection) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "mailer:migrations")
+    config.attributes["connection"] = connection
+    return config
+
+
+def _current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create or upgrade the schema to SCHEMA_HEAD; refuse a database from a newer mailer."""
+    with database_errors(engine):
+        with read_transaction(engine) as connection:
+            if _current_revision(connection) == SCHEMA_HEAD:
+                return
+        with write_transaction(engine) as connection:
+            if engine.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
+                )
+            current = _current_revision(connection)
+            if current == SCHEMA_HEAD:
+                return
+            _upgrade(connection, current)
+
+
+def _upgrade(connection: Connection, current: str | None) -> None:
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    config = _alembic_config(connection)
+    known = {rev.revision for rev in ScriptDirectory.from_config(config).walk_revisions()}
+    where = describe(connection.engine.url.render_as_string(hide_password=False))
+    if current is not None and current not in known:
+        raise SchemaError(
+            f"the database {where} has schema revision {current}, newer than this mailer knows",
+            hint="upgrade mailer (pip install -U mailer) before using this database",
+        )
+    if current is None and "subscribers" in inspect(connection).get_table_names():
+        raise SchemaError(f"the database {where} has a subscribers table not made by mailer")
+    command.upgrade(config, "head")
+
+
+def dialect_insert(connection: Connection) -> Any:
+    """The backend's INSERT construct (it has on_conflict_do_nothing / do_update)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert

@@ -1,0 +1,28 @@
+"""Facts kept in the database itself: the generated secrets."""
+
+from __future__ import annotations
+
+import secrets
+
+from sqlalchemy import Connection, select
+
+from mailer.models import Meta
+from mailer.store.engine import dialect_insert
+
+# Names of the secrets (not secrets): unsubscribe tokens, unless MAILER_SECRET is set;
+# and the key of the hashes of erased addresses, never rotated.
+TOKEN_SECRET = "token_secret"  # noqa: S105
+SUPPRESSION_KEY = "suppression_key"
+
+
+def secret(connection: Connection, name: str) -> bytes:
+    """The secret called `name`, generated on first use and kept."""
+    found = connection.scalar(select(Meta.value).where(Meta.key == name))
+    if found is None:
+        insert = dialect_insert(connection)
+        connection.execute(
+            insert(Meta).values(key=name, value=secrets.token_hex(32)).on_conflict_do_nothing()
+        )
+        found = connection.scalar(select(Meta.value).where(Meta.key == name))
+    assert found is not None
+    return bytes.fromhex(found)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy.exc
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
@@ -111,11 +112,13 @@ def database_errors(engine: Engine) -> Iterator[None]:
     """Translate SQLAlchemy's connection-level failures into mailer's errors."""
     try:
         yield
-    except OperationalError as exc:
+    except sqlalchemy.exc.DatabaseError as exc:
         where = describe(str(engine.url.render_as_string(hide_password=False)))
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         if engine.dialect.name == "sqlite" and "not a database" in detail:
             raise SchemaError(f"{where} is not a SQLite database ({detail})") from exc
+        if not isinstance(exc, OperationalError):
+            raise  # integrity or programming errors are bugs: let them crash loudly
         if engine.dialect.name == "sqlite" and "locked" in detail:
             raise DatabaseError(
                 f"the database {where} stayed locked for {BUSY_TIMEOUT_MS // 1000} s",

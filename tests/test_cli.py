@@ -35,7 +35,11 @@ COMMANDS = _commands()
 
 def test_the_contract_commands_of_this_release_exist() -> None:
     assert {" ".join(c) for c in COMMANDS} >= {
-        "import", "status", "subscribers list", "subscribers unsubscribe", "subscribers forget",
+        "import",
+        "status",
+        "subscribers list",
+        "subscribers unsubscribe",
+        "subscribers forget",
     }
 
 
@@ -75,19 +79,24 @@ def test_import_prints_a_summary_and_the_rejected_lines(cli, tmp_path: Path) -> 
 def test_import_json_has_the_contract_keys(cli, tmp_path: Path) -> None:
     source = write_csv(tmp_path / "l.csv", "email\na@exemple.fr\na@exemple.fr\n\nbad\n")
     data = json.loads(cli("import", str(source), "--json").stdout)
-    assert {k: data[k] for k in ("file", "rows", "imported", "updated", "unchanged",
-                                 "duplicates")} == {
-        "file": "l.csv", "rows": 3, "imported": 1, "updated": 0, "unchanged": 0, "duplicates": 1,
+    assert {
+        k: data[k] for k in ("file", "rows", "imported", "updated", "unchanged", "duplicates")
+    } == {
+        "file": "l.csv",
+        "rows": 3,
+        "imported": 1,
+        "updated": 0,
+        "unchanged": 0,
+        "duplicates": 1,
     }
-    assert data["rejected"] == [{"line": 5, "reason": "invalid address: An email address "
-                                 "must have an @-sign."}]
+    assert data["rejected"] == [
+        {"line": 5, "reason": "invalid address: An email address must have an @-sign."}
+    ]
     assert data["warnings"] == [{"line": 3, "message": "duplicate of line 2; skipped"}]
 
 
 @pytest.mark.usefixtures("database_url")
-def test_missing_email_column_is_one_error_line_exit_1_nothing_written(
-    cli, tmp_path: Path
-) -> None:
+def test_missing_email_column_is_one_error_line_exit_1_nothing_written(cli, tmp_path: Path) -> None:
     source = write_csv(tmp_path / "noemail.csv", "nom,prenom\nDupont,Hélène\n")
     result = cli("import", str(source))
     assert result.code == 1
@@ -115,8 +124,10 @@ def test_usage_error_exits_1(cli) -> None:
 
 @pytest.mark.usefixtures("database_url")
 def test_subscribers_list_unsubscribe_forget(cli, tmp_path: Path) -> None:
-    source = write_csv(tmp_path / "l.csv", "email,name\nhelene@exemple.fr,Hélène Dupont\n"
-                       "marc@exemple.fr,MARTIN Marc\n")
+    source = write_csv(
+        tmp_path / "l.csv",
+        "email,name\nhelene@exemple.fr,Hélène Dupont\nmarc@exemple.fr,MARTIN Marc\n",
+    )
     cli("import", str(source))
     assert cli("subscribers", "list").stdout == (
         "helene@exemple.fr\tHélène Dupont\tactive\nmarc@exemple.fr\tMarc MARTIN\tactive\n"
@@ -142,7 +153,8 @@ def test_unsubscribe_needs_exactly_one_of_email_or_token(cli) -> None:
 def test_status_json_without_campaign(cli) -> None:
     result = cli("status", "--json")
     assert json.loads(result.stdout) == {
-        "subscribers": {"active": 0, "unsubscribed": 0, "bounced": 0}, "campaigns": [],
+        "subscribers": {"active": 0, "unsubscribed": 0, "bounced": 0},
+        "campaigns": [],
     }
     assert "No campaign yet." in cli("status").stdout
     unknown = cli("status", "closure-notice")
@@ -153,8 +165,12 @@ def test_status_json_without_campaign(cli) -> None:
 def test_unreachable_database_exits_75(tmp_path: Path) -> None:
     env = {**os.environ, "MAILER_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/x"}
     result = subprocess.run(
-        [sys.executable, "-m", "mailer", "status"], cwd=tmp_path, env=env,
-        capture_output=True, text=True, check=False,
+        [sys.executable, "-m", "mailer", "status"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 75
     assert result.stderr.startswith("Error: database postgresql+psycopg://nobody@127.0.0.1:1/x")
@@ -164,9 +180,12 @@ def test_unreachable_database_exits_75(tmp_path: Path) -> None:
 def test_bad_setting_exits_78_without_printing_secrets(tmp_path: Path) -> None:
     (tmp_path / "mailer.toml").write_text('smtp_password = "hunter2"\n')
     result = subprocess.run(
-        [sys.executable, "-m", "mailer", "status"], cwd=tmp_path,
+        [sys.executable, "-m", "mailer", "status"],
+        cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 78
     assert result.stderr.startswith("Error: mailer.toml: smtp_password is a secret")

@@ -18,7 +18,9 @@ def test_defaults_match_the_contract(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert settings.smtp_host is None
     assert settings.smtp_security == "starttls"
     assert (settings.retry_base_delay, settings.retry_max_delay, settings.retry_max_age) == (
-        300, 14400, 345600,
+        300,
+        14400,
+        345600,
     )
     assert settings.lease_seconds == 600
     assert settings.rate is None
@@ -44,7 +46,9 @@ def test_smtp_table_in_toml_is_accepted(tmp_path: Path) -> None:
     path.write_text('[smtp]\nhost = "relay.example"\nport = 465\nsecurity = "tls"\n')
     settings = load_settings(path, environ={})
     assert (settings.smtp_host, settings.smtp_port, settings.smtp_security) == (
-        "relay.example", 465, "tls",
+        "relay.example",
+        465,
+        "tls",
     )
 
 

@@ -62,7 +62,7 @@ def test_newer_schema_is_refused_with_a_clear_error(settings: Settings) -> None:
     with engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     engine.dispose()
-    with pytest.raises(SchemaError, match="9999.*newer"):
+    with pytest.raises(SchemaError, match=r"9999.*newer"):
         api.check_database(settings)
 
 

@@ -48,14 +48,23 @@ def _queue(settings: Settings, email_key: str, state: DeliveryState) -> None:
         )
         delivery_id = connection.execute(
             insert(Delivery).values(
-                campaign_id=campaign_id, subscriber_id=subscriber_id, state=state.value,
-                attempts=1, message_id=f"<{email_key}.c@exemple.fr>",
-                last_reply=f"250 ok for <{email_key}>", created_at=NOW, updated_at=NOW,
+                campaign_id=campaign_id,
+                subscriber_id=subscriber_id,
+                state=state.value,
+                attempts=1,
+                message_id=f"<{email_key}.c@exemple.fr>",
+                last_reply=f"250 ok for <{email_key}>",
+                created_at=NOW,
+                updated_at=NOW,
             )
         ).inserted_primary_key[0]
         connection.execute(
             insert(Attempt).values(
-                delivery_id=delivery_id, at=NOW, worker="w", outcome="deferred", code=451,
+                delivery_id=delivery_id,
+                at=NOW,
+                worker="w",
+                outcome="deferred",
+                code=451,
                 reply=f"451 try later <{email_key}>",
             )
         )
@@ -70,7 +79,7 @@ def _states(settings: Settings) -> dict[str, str]:
                 Delivery, Delivery.subscriber_id == Subscriber.id
             )
         )
-        result = {key: state for key, state in rows}
+        result = {row[0]: row[1] for row in rows}
     engine.dispose()
     return result
 
@@ -167,8 +176,9 @@ def test_forget_leaves_no_trace_in_the_sqlite_file_bytes(tmp_path: Path) -> None
     database = tmp_path / "subscribers.db"
     settings = Settings(database_url=f"sqlite:///{database}")
     rows = "".join(f"person{i}@exemple.fr,Prénom{i}\n" for i in range(300))
-    source = write_csv(tmp_path / "list.csv", "email,first_name\nsecret.person@exemple.fr,"
-                       "Unforgettable\n" + rows)
+    source = write_csv(
+        tmp_path / "list.csv", "email,first_name\nsecret.person@exemple.fr,Unforgettable\n" + rows
+    )
     api.import_subscribers(settings, source)
     _queue(settings, "secret.person@exemple.fr", DeliveryState.SENT)
     api.forget(settings, "secret.person@exemple.fr")
@@ -194,8 +204,15 @@ def test_status_of_a_campaign_has_every_state_key(imported: Settings) -> None:
     assert data == {
         "campaign": "c",
         "total": 2,
-        "counts": {"pending": 1, "sending": 0, "sent": 1, "deferred": 0, "uncertain": 0,
-                   "failed": 0, "skipped": 0},
+        "counts": {
+            "pending": 1,
+            "sending": 0,
+            "sent": 1,
+            "deferred": 0,
+            "uncertain": 0,
+            "failed": 0,
+            "skipped": 0,
+        },
         "next_attempt_at": None,
     }
     assert json.loads(json.dumps(api.status(imported)))["campaigns"] == [data]

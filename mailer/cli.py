@@ -64,7 +64,11 @@ def root(
     ctx: typer.Context,
     config: Annotated[
         Path | None,
-        typer.Option("--config", help="Settings file (default: ./mailer.toml or $MAILER_CONFIG)."),
+        typer.Option(
+            "--config",
+            help="Settings file (default: ./mailer.toml or $MAILER_CONFIG).",
+            metavar="PATH",
+        ),
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
@@ -111,29 +115,38 @@ SHOWN = 20  # rejected lines / warnings printed before "... and N more"
 @app.command("import")
 def import_command(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="The CSV export to import.")],
+    file: Annotated[Path, typer.Argument(help="The CSV export to import.", metavar="FILE.csv")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report without writing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     encoding: Annotated[
-        str | None, typer.Option(help="Force an encoding (default: detected; e.g. cp1252).")
+        str | None,
+        typer.Option(help="Force an encoding (default: detected; e.g. cp1252).", metavar="ENC"),
     ] = None,
     delimiter: Annotated[
-        str | None, typer.Option(help="Force a delimiter: , ; | or tab (default: detected).")
+        str | None,
+        typer.Option(help="Force a delimiter: , ; | or tab (default: detected).", metavar="D"),
     ] = None,
     map_: Annotated[
         list[str] | None,
         typer.Option(
             "--map",
-            help="COLUMN=FIELD (email, first_name, last_name, name, "
-            "civility, status, ignore). Repeatable.",
+            metavar="COLUMN=FIELD",
+            help="Say which column fills a field: email, first_name, last_name, name, "
+            "civility, status or ignore. Repeatable.",
         ),
     ] = None,
     attribute: Annotated[
         list[str] | None,
-        typer.Option(help="Also keep this column as an attribute ('*' for all). Repeatable."),
+        typer.Option(
+            help="Also keep this column as an attribute ('*' for all). Repeatable.",
+            metavar="COLUMN",
+        ),
     ] = None,
     rejects: Annotated[
-        Path | None, typer.Option(help="Write rejected rows, with line and reason, to this CSV.")
+        Path | None,
+        typer.Option(
+            help="Write rejected rows, with line and reason, to this CSV.", metavar="OUT.csv"
+        ),
     ] = None,
 ) -> None:
     """Import subscribers from a CSV export (Excel, Mailchimp, listmonk, hand-made).
@@ -227,9 +240,14 @@ def list_command(
 @subscribers_app.command("unsubscribe")
 def unsubscribe_command(
     ctx: typer.Context,
-    email: Annotated[str | None, typer.Argument(help="The address to unsubscribe.")] = None,
+    email: Annotated[
+        str | None, typer.Argument(help="The address to unsubscribe.", metavar="EMAIL")
+    ] = None,
     token: Annotated[
-        str | None, typer.Option(help="The token of an unsubscribe link, instead of an address.")
+        str | None,
+        typer.Option(
+            help="The token of an unsubscribe link, instead of an address.", metavar="TOKEN"
+        ),
     ] = None,
 ) -> None:
     """Unsubscribe someone: they get nothing more, and no import resubscribes them.
@@ -251,7 +269,7 @@ def unsubscribe_command(
 @subscribers_app.command("forget")
 def forget_command(
     ctx: typer.Context,
-    email: Annotated[str, typer.Argument(help="The address to erase.")],
+    email: Annotated[str, typer.Argument(help="The address to erase.", metavar="EMAIL")],
 ) -> None:
     """Erase a person for real (right to erasure): every row naming the address is deleted.
 
@@ -272,7 +290,9 @@ def forget_command(
 @app.command("status")
 def status_command(
     ctx: typer.Context,
-    campaign: Annotated[str | None, typer.Argument(help="One campaign (default: all).")] = None,
+    campaign: Annotated[
+        str | None, typer.Argument(help="One campaign (default: all).", metavar="CAMPAIGN")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Where things stand: subscribers by status, deliveries by state per campaign.

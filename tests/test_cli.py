@@ -190,3 +190,11 @@ def test_bad_setting_exits_78_without_printing_secrets(tmp_path: Path) -> None:
     assert result.returncode == 78
     assert result.stderr.startswith("Error: mailer.toml: smtp_password is a secret")
     assert "hunter2" not in result.stderr
+
+
+@pytest.mark.usefixtures("database_url")
+def test_header_only_file_imports_nothing_and_succeeds(cli, tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "vide.csv", "email;prénom\r\n")
+    result = cli("import", str(source), "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["rows"] == 0

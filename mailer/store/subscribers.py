@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Connection, String, bindparam, delete, func, insert, select, text, update
 
 from mailer.importer import Candidate, Notice, Rejection
 from mailer.models import Attempt, Delivery, Subscriber, Suppression
@@ -50,7 +50,7 @@ def finish_import(connection: Connection) -> None:
 def _seen_before(connection: Connection, keys: list[str]) -> dict[str, int]:
     rows = connection.execute(
         text(f"SELECT email_key, line FROM {_SEEN} WHERE email_key IN :keys").bindparams(  # noqa: S608
-            bindparam("keys", expanding=True)
+            bindparam("keys", expanding=True, type_=String())
         ),
         {"keys": keys},
     )
@@ -71,6 +71,8 @@ def merge_batch(
     unsubscribe or bounce in the file is applied to an active one.
     """
     result = BatchResult()
+    if not candidates:
+        return result
     first: dict[str, Candidate] = {}
     opt_outs: dict[str, SubscriberStatus] = {}
     earlier = _seen_before(connection, list({c.key for c in candidates}))

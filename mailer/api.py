@@ -6,9 +6,8 @@ does one job, and returns plain data; errors are MailerError subclasses.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from mailer.csvsource import CsvSource
 from mailer.errors import InputError, NotFoundError
 from mailer.headers import map_columns, parse_map_options
 from mailer.importer import Candidate, Notice, Rejection, parse_record
+from mailer.rejects import RejectsWriter
 from mailer.states import SubscriberStatus
 from mailer.store import meta, stats
 from mailer.store import subscribers as store
@@ -87,31 +87,6 @@ class ImportReport:
         }
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def formula_safe(cell: str) -> str:
-    """A cell a spreadsheet will show, never run (OWASP CSV injection)."""
-    return "'" + cell if cell.startswith(_FORMULA_START) else cell
-
-
-def write_rejects(path: Path, header: list[str], rejected: list[Rejection], delimiter: str) -> None:
-    try:
-        with path.open("w", encoding="utf-8-sig", newline="") as handle:
-            writer = csv.writer(handle, delimiter=delimiter)
-            writer.writerow(["line", "reason", *header])
-            for rejection in rejected:
-                writer.writerow(
-                    [
-                        rejection.line,
-                        formula_safe(rejection.reason),
-                        *(formula_safe(c) for c in rejection.cells),
-                    ]
-                )
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror}") from exc
-
-
 def import_subscribers(
     settings: Settings,
     path: Path,
@@ -133,9 +108,21 @@ def import_subscribers(
     """
     mapping = parse_map_options(maps or [])
     started = clock()
-    with CsvSource(path, encoding=encoding, delimiter=delimiter) as source:
+    with ExitStack() as stack:
+        source = stack.enter_context(CsvSource(path, encoding=encoding, delimiter=delimiter))
         columns = map_columns(source.header, mapping=mapping, attributes=attributes)
         report = ImportReport(file=path.name, delimiter=source.delimiter, dry_run=dry_run)
+        rejects = None
+        if rejects_path is not None:
+            rejects = RejectsWriter(rejects_path, source.header, source.delimiter)
+            stack.callback(rejects.close)
+
+        def reject(rejection: Rejection) -> None:
+            # Only line and reason stay in memory; the cells go straight to the file.
+            if rejects is not None:
+                rejects.add(rejection)
+            report.rejected.append(Rejection(rejection.line, rejection.reason))
+
         report.columns = {name: source.header[index] for name, index in columns.fields.items()}
         report.ignored_columns = columns.ignored
         with open_database(settings) as engine, engine.connect() as connection:
@@ -160,7 +147,8 @@ def import_subscribers(
                 report.updated += result.updated
                 report.unchanged += result.unchanged
                 report.duplicates += result.duplicates
-                report.rejected.extend(result.rejections)
+                for rejection in result.rejections:
+                    reject(rejection)
                 report.warnings.extend(result.notices)
                 batch.clear()
                 if progress:
@@ -172,7 +160,7 @@ def import_subscribers(
                     if isinstance(outcome, Candidate):
                         batch.append(outcome)
                     elif isinstance(outcome, Rejection):
-                        report.rejected.append(outcome)
+                        reject(outcome)
                     else:
                         report.warnings.append(outcome)
                 if len(batch) >= BATCH_SIZE:
@@ -210,8 +198,6 @@ def import_subscribers(
         report.warnings.append(Notice(line, f"bytes not valid in {encoding}; replaced by �"))
     report.rejected.sort(key=lambda r: r.line)
     report.warnings.sort(key=lambda w: w.line)
-    if rejects_path is not None:
-        write_rejects(rejects_path, source.header, report.rejected, source.delimiter)
     return report
 
 

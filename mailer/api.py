@@ -195,7 +195,7 @@ def import_subscribers(
             ),
         )
     for line in source.stats.replaced_lines:
-        report.warnings.append(Notice(line, f"bytes not valid in {encoding}; replaced by �"))
+        report.warnings.append(Notice(line, f"bytes not valid in {source.encoding}; replaced by �"))
     report.rejected.sort(key=lambda r: r.line)
     report.warnings.sort(key=lambda w: w.line)
     return report

@@ -34,7 +34,7 @@ class RejectsWriter:
         except OSError as exc:
             raise InputError(f"cannot write {path}: {exc.strerror}") from exc
         self._writer = csv.writer(self._handle, delimiter=delimiter)
-        self._write(["line", "reason", *header])
+        self._write(["line", "reason", *(formula_safe(cell) for cell in header)])
 
     def _write(self, row: list[str]) -> None:
         try:

@@ -12,17 +12,57 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, String, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Connection,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    null,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.sql.type_api import TypeEngine
 
 from mailer.importer import Candidate, Notice, Rejection
-from mailer.models import Attempt, Delivery, Subscriber, Suppression
+from mailer.models import Attempt, Delivery, ImportRun, Subscriber, Suppression, UTCDateTime
 from mailer.states import DeliveryState, SubscriberStatus
+from mailer.store.bulk import rows_of, values_of
 from mailer.store.engine import dialect_insert
 from mailer.tokens import keyed_hash
 
 ACTIVE = SubscriberStatus.ACTIVE
-_SEEN = "mailer_import_seen"
 _MERGED_FIELDS = ("first_name", "last_name", "civility")
+# The addresses seen so far in the file being imported: a temporary table, private to the
+# import's connection, so duplicates are found across batches without holding them in memory.
+_SEEN = Table(
+    "mailer_import_seen",
+    MetaData(),
+    Column("email_key", String(320), primary_key=True),
+    Column("line", Integer, nullable=False),
+    prefixes=["TEMPORARY"],
+)
+# What a new subscriber row takes from a Candidate (the rest is per batch: source, times).
+_NEW_ROW_TYPES: dict[str, TypeEngine[Any]] = {
+    "email": String(),
+    "email_key": String(),
+    "address": String(),
+    "smtputf8": Boolean(),
+    "first_name": String(),
+    "last_name": String(),
+    "civility": String(),
+    "attributes": JSON(),
+    "status": String(),
+}
 
 
 @dataclass
@@ -36,23 +76,20 @@ class BatchResult:
 
 
 def start_import(connection: Connection) -> None:
-    """Create the per-import table of addresses seen so far (lives as long as the connection)."""
-    connection.execute(text(f"DROP TABLE IF EXISTS {_SEEN}"))
-    connection.execute(
-        text(f"CREATE TEMPORARY TABLE {_SEEN} (email_key VARCHAR(320) PRIMARY KEY, line INTEGER)")
-    )
+    """Create the per-import table of addresses seen (it lives as long as the connection)."""
+    _SEEN.drop(connection, checkfirst=True)
+    _SEEN.create(connection)
 
 
 def finish_import(connection: Connection) -> None:
-    connection.execute(text(f"DROP TABLE IF EXISTS {_SEEN}"))
+    _SEEN.drop(connection, checkfirst=True)
 
 
 def _seen_before(connection: Connection, keys: list[str]) -> dict[str, int]:
     rows = connection.execute(
-        text(f"SELECT email_key, line FROM {_SEEN} WHERE email_key IN :keys").bindparams(  # noqa: S608
-            bindparam("keys", expanding=True, type_=String())
-        ),
-        {"keys": keys},
+        select(_SEEN.c.email_key, _SEEN.c.line).where(
+            _SEEN.c.email_key.in_(values_of(connection, keys))
+        )
     )
     return {row[0]: row[1] for row in rows}
 
@@ -92,14 +129,19 @@ def merge_batch(
     if not first:
         _apply_opt_outs(connection, opt_outs, now)
         return result
+    seen = [{"email_key": c.key, "line": c.line} for c in first.values()]
     connection.execute(
-        text(f"INSERT INTO {_SEEN} (email_key, line) VALUES (:k, :l)"),  # noqa: S608
-        [{"k": c.key, "l": c.line} for c in first.values()],
+        _SEEN.insert().from_select(
+            ["email_key", "line"],
+            rows_of(connection, seen, {"email_key": String(), "line": Integer()}),
+        )
     )
 
     hashes = {keyed_hash(suppression_key, key): key for key in first}
     for key_hash in connection.scalars(
-        select(Suppression.key_hash).where(Suppression.key_hash.in_(list(hashes)))
+        select(Suppression.key_hash).where(
+            Suppression.key_hash.in_(values_of(connection, list(hashes)))
+        )
     ):
         erased = first.pop(hashes[key_hash])
         result.rejections.append(
@@ -116,7 +158,7 @@ def merge_batch(
                 Subscriber.attributes,
                 Subscriber.status_changed_at,
                 *(getattr(Subscriber, name) for name in _MERGED_FIELDS),
-            ).where(Subscriber.email_key.in_(list(first)))
+            ).where(Subscriber.email_key.in_(values_of(connection, list(first))))
         )
     }
     inserts: list[dict[str, Any]] = []
@@ -126,7 +168,7 @@ def merge_batch(
             opt_outs.pop(key, None)
         row = existing.get(key)
         if row is None:
-            inserts.append(_new_row(candidate, source, now))
+            inserts.append(_new_row(candidate))
             continue
         changes = _changes(row._mapping, candidate)
         if changes:
@@ -137,10 +179,7 @@ def merge_batch(
             result.unchanged += 1
 
     if inserts:
-        statement = dialect_insert(connection)(Subscriber).on_conflict_do_nothing(
-            index_elements=["email_key"]
-        )
-        connection.execute(statement, inserts)
+        _insert_new(connection, inserts, source, now)
         result.imported = len(inserts)
     if updates:
         connection.execute(
@@ -154,7 +193,7 @@ def merge_batch(
     return result
 
 
-def _new_row(candidate: Candidate, source: str, now: datetime) -> dict[str, Any]:
+def _new_row(candidate: Candidate) -> dict[str, Any]:
     return {
         "email": candidate.email,
         "email_key": candidate.key,
@@ -165,11 +204,31 @@ def _new_row(candidate: Candidate, source: str, now: datetime) -> dict[str, Any]
         "civility": candidate.civility,
         "attributes": candidate.attributes,
         "status": candidate.status.value,
-        "source": source[:255],
-        "created_at": now,
-        "updated_at": now,
-        "status_changed_at": None if candidate.status is ACTIVE else now,
     }
+
+
+def _insert_new(
+    connection: Connection, rows: list[dict[str, Any]], source: str, now: datetime
+) -> None:
+    """One INSERT ... SELECT for the whole batch; a row another import just added is skipped."""
+    moment = bindparam("now", now, type_=UTCDateTime())
+    rows_select = rows_of(connection, rows, _NEW_ROW_TYPES)
+    new = rows_select.selected_columns
+    query = select(
+        *new,
+        bindparam("source", source[:255], type_=String()),
+        moment,
+        moment,
+        # status_changed_at: set when someone arrives already unsubscribed or bounced
+        case((new.status == ACTIVE.value, null()), else_=moment),
+    ).where(true())  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
+    connection.execute(
+        dialect_insert(connection)(Subscriber)
+        .from_select(
+            [*_NEW_ROW_TYPES, "source", "created_at", "updated_at", "status_changed_at"], query
+        )
+        .on_conflict_do_nothing(index_elements=["email_key"])
+    )
 
 
 def _changes(row: Any, candidate: Candidate) -> dict[str, Any]:
@@ -280,6 +339,4 @@ def erase(connection: Connection, subscriber_id: int) -> None:
 
 
 def record_import(connection: Connection, values: dict[str, Any]) -> None:
-    from mailer.models import ImportRun
-
     connection.execute(insert(ImportRun).values(**values))

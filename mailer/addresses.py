@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from email.utils import parseaddr
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -22,7 +21,11 @@ _BIDI = dict.fromkeys(
 )
 _JOINERS = "\u200c\u200d"  # needed inside some scripts and emoji
 _SPACES = re.compile(r"\s+")
-NAME_MAX = 200
+# `Dave Leroy <dave@example.com>`: one display name, one address in angle brackets.
+_ANGLE = re.compile(r"(?P<name>[^<>]*)<(?P<address>[^<>]*)>")
+# White space that is also a control: a tab, CR, LF or line separator typed into a name.
+_CONTROL_SPACE = frozenset({"Cc", "Zl", "Zp"})
+NAME_MAX = 200  # the subscribers.first_name / last_name columns
 
 
 class AddressError(ValueError):
@@ -37,22 +40,32 @@ class Address:
     smtputf8: bool  # the local part is not ASCII: the relay must offer SMTPUTF8
 
 
+def _strip_mailto(text: str) -> str:
+    return text[7:].strip() if text[:7].lower() == "mailto:" else text
+
+
 def clean_address(raw: str) -> tuple[Address, list[str]]:
     """Validate one cell; return the address and any warnings, or raise AddressError."""
     warnings: list[str] = []
-    text = unicodedata.normalize("NFC", raw).strip().strip(_INVISIBLE).strip()
+    text = _strip_mailto(unicodedata.normalize("NFC", raw).strip().strip(_INVISIBLE).strip())
     if not text:
         raise AddressError("missing address")
-    if text.lower().startswith("mailto:"):
-        text = text[7:].strip()
-    if "<" in text and text.endswith(">"):
-        _, inner = parseaddr(text)
-        if not inner:
-            raise AddressError(f"invalid address: {text!r}")
-        warnings.append(f"display name around {inner} ignored")
+    angle = _ANGLE.fullmatch(text)
+    if angle:
+        inner = _strip_mailto(angle["address"].strip())
+        display = angle["name"].strip().strip("\"'").strip()
+        # `alice@example.com <alice@example.com>` (Outlook) is one address; `a@x <b@y>` is two.
+        if "@" in display and display.casefold() != inner.casefold():
+            raise AddressError("several addresses in one cell")
+        if display:
+            warnings.append(f"display name around {inner} ignored")
         text = inner
-    if text.count("@") > 1 and re.search(r"[,;\s]", text):
+    if text.count("@") > 1 and re.search(r"[,;\s<>]", text):
         raise AddressError("several addresses in one cell")
+    if "\ufffd" in text:  # email-validator would take it: the address would never arrive
+        raise AddressError(
+            "invalid address: it holds \ufffd where bytes could not be decoded (try --encoding)"
+        )
     try:
         result = validate_email(
             text, check_deliverability=False, allow_smtputf8=True, allow_display_name=False
@@ -71,23 +84,32 @@ def clean_address(raw: str) -> tuple[Address, list[str]]:
     )
 
 
-def clean_name(raw: str) -> tuple[str | None, bool]:
-    """Trim a name and drop control and bidi characters; say whether any were removed."""
+def clean_name(raw: str, limit: int = NAME_MAX) -> tuple[str | None, bool]:
+    """Trim a name and drop control and bidi characters; say whether any were removed.
+
+    A line break or tab becomes a space (`Grace<CR>Hopper` -> `Grace Hopper`) but still
+    counts as removed, so the row gets its warning; a no-break space is only a space.
+    The result is cut to `limit` characters, the width of its column.
+    """
     text = unicodedata.normalize("NFC", raw)
     removed = False
     if not text.isprintable():  # rare: only then look at each character
         kept: list[str] = []
         for char in text:
+            category = unicodedata.category(char)
             if char.isspace():
                 kept.append(" ")
-            elif ord(char) in _BIDI or (
-                unicodedata.category(char) in {"Cc", "Cf"} and char not in _JOINERS
-            ):
+                removed = removed or category in _CONTROL_SPACE
+            elif char in _JOINERS:
+                kept.append(char)
+            elif char in _INVISIBLE:  # zero-width space, word joiner, BOM: dropped quietly
+                continue
+            elif ord(char) in _BIDI or category in {"Cc", "Cf"}:
                 removed = True
             else:
                 kept.append(char)
         text = "".join(kept)
-    cleaned = _SPACES.sub(" ", text).strip().strip(_INVISIBLE).strip()[:NAME_MAX]
+    cleaned = _SPACES.sub(" ", text).strip().strip(_INVISIBLE).strip()[:limit].rstrip()
     return (cleaned or None), removed
 
 
@@ -102,7 +124,8 @@ def split_full_name(full: str) -> tuple[str | None, str | None]:
         return None, None
     if len(words) == 1:
         return words[0], None
-    capitals = [w for w in words if w.isupper() and len(w) > 1]
+    # A family name in capitals has two letters or more: `J.` or `R.` is an initial.
+    capitals = [w for w in words if w.isupper() and sum(c.isalpha() for c in w) > 1]
     if capitals and len(capitals) < len(words) and words[0] in capitals:
         last = [w for w in words if w in capitals]
         first = [w for w in words if w not in capitals]

@@ -48,11 +48,22 @@ class DecodeStats:
     replaced_lines: list[int] = field(default_factory=list)
 
 
+def _c1_control(error: UnicodeError) -> tuple[str, int]:
+    """Decode the five bytes cp1252 leaves unassigned as the C1 controls they are in latin-1.
+
+    What browsers do (WHATWG windows-1252): a stray 0x81 no longer turns the `€` and `œ` of
+    the same line into control characters, as a whole-line fallback to latin-1 would.
+    """
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    return error.object[error.start : error.end].decode("latin-1"), error.end
+
+
+codecs.register_error("mailer.cp1252-c1", _c1_control)
+
+
 def _decode_cp1252(raw: bytes) -> str:
-    try:
-        return raw.decode("cp1252")
-    except UnicodeDecodeError:  # 0x81 0x8D 0x8F 0x90 0x9D are unassigned in cp1252
-        return raw.decode("latin-1")
+    return raw.decode("cp1252", errors="mailer.cp1252-c1")
 
 
 def _looks_binary(sample: bytes) -> bool:
@@ -72,11 +83,49 @@ def _split_cr(handle: BinaryIO) -> Iterator[bytes]:
         yield pending
 
 
+# Text codecs that cannot read a file line by line with replacement of bad bytes.
+_UNUSABLE_CODECS = frozenset(
+    {"idna", "punycode", "undefined", "unicode-escape", "raw-unicode-escape"}
+)
+
+
+def _with_byte_order(codec: str, sample: bytes) -> str:
+    """`utf-16` or `utf-32` forced on a file without a BOM: say which byte order.
+
+    Python's decoder refuses to guess; a file starting with a NUL byte is big-endian,
+    anything else little-endian (what Windows writes).
+    """
+    if codec not in ("utf-16", "utf-32") or sample.startswith(tuple(b for b, _ in _WIDE_BOMS)):
+        return codec
+    return f"{codec}-be" if sample[:1] == b"\x00" else f"{codec}-le"
+
+
 def _normalise_encoding(name: str) -> str:
+    """The codec's canonical name; InputError for an unknown codec or one that is not text."""
+    hint = "for example utf-8, cp1252 or utf-16"
     try:
-        return codecs.lookup(name).name
+        info = codecs.lookup(name)
     except LookupError as exc:
-        raise InputError(f"unknown encoding {name!r}", hint="for example utf-8 or cp1252") from exc
+        raise InputError(f"unknown encoding {name!r}", hint=hint) from exc
+    try:
+        usable = info._is_text_encoding and info.name not in _UNUSABLE_CODECS
+        if usable:
+            b"email,name\r\n\xff\xfe\x00".decode(info.name, errors="replace")
+    except (UnicodeError, LookupError, ValueError, TypeError):
+        usable = False
+    if not usable:
+        raise InputError(f"{name!r} is not an encoding a CSV file can be written in", hint=hint)
+    return info.name
+
+
+def _explain(error: csv.Error) -> str:
+    """The csv module's message, in the user's terms."""
+    message = str(error)
+    if message.startswith("new-line character seen in unquoted field"):
+        return "a line break (CR) inside a cell that is not quoted"
+    if message.startswith("field larger than field limit"):
+        return f"a cell longer than {FIELD_LIMIT} characters (an unbalanced quote?)"
+    return message
 
 
 class CsvSource:
@@ -106,7 +155,7 @@ class CsvSource:
                     self._wide = name
                     break
         elif self._forced.startswith(("utf-16", "utf-32")):
-            self._wide = self._forced
+            self._wide = _with_byte_order(self._forced, sample)
         elif self._forced == "utf-8" and sample.startswith(codecs.BOM_UTF8):
             self._skip = len(codecs.BOM_UTF8)
         if self._wide is None and _looks_binary(sample):
@@ -118,9 +167,12 @@ class CsvSource:
         self._cr_only = b"\n" not in sample and b"\r" in sample
         if self._wide is not None:
             sample_text = sample.decode(self._wide, errors="ignore")
+            self._cr_only = "\n" not in sample_text and "\r" in sample_text
         else:
             sample_text = "".join(self._decoded(self._raw_lines(io.BytesIO(sample)), count=False))
-        self.delimiter = self._check_delimiter(delimiter) if delimiter else detect(sample_text)
+        self.delimiter = (
+            detect(sample_text) if delimiter is None else self._check_delimiter(delimiter)
+        )
         self._records = self._parse()
         self.header: list[str] = []
         self.header_line = 0
@@ -168,10 +220,13 @@ class CsvSource:
             if forced is not None:
                 try:
                     yield raw.decode(forced)
-                except UnicodeDecodeError:
+                except UnicodeError:
                     if count:
                         self.stats.replaced_lines.append(number)
-                    yield raw.decode(forced, errors="replace")
+                    try:
+                        yield raw.decode(forced, errors="replace")
+                    except UnicodeError:  # a stateful codec (utf-7) may still choke
+                        yield raw.decode("latin-1")
                 continue
             try:
                 text = raw.decode("utf-8")
@@ -188,9 +243,18 @@ class CsvSource:
 
     def _lines(self) -> Iterator[str]:
         if self._wide is not None:
-            text = io.TextIOWrapper(self._handle, encoding=self._wide, newline="")
-            for line in text:
+            # Lines end at LF as in the byte path (a stray CR is no line break), and
+            # errors="replace": a truncated or corrupt UTF-16 file must not stop the import.
+            text = io.TextIOWrapper(
+                self._handle,
+                encoding=self._wide,
+                newline="\r" if self._cr_only else "\n",
+                errors="replace",
+            )
+            for number, line in enumerate(text, start=1):
                 self.bytes_read = self._handle.tell()
+                if "\ufffd" in line:
+                    self.stats.replaced_lines.append(number)
                 yield line
             return
         yield from self._decoded(self._raw_lines(self._handle))
@@ -205,15 +269,16 @@ class CsvSource:
             except StopIteration:
                 return
             except csv.Error as exc:
-                yield Record(previous_end + 1, reader.line_num, [], error=str(exc))
+                yield Record(previous_end + 1, reader.line_num, [], error=_explain(exc))
                 previous_end = reader.line_num
                 continue
             start, previous_end = previous_end + 1, reader.line_num
-            if cells:
+            # A blank line, or a spreadsheet's empty row (`;;;;`), is no record.
+            if any(cell.strip() for cell in cells):
                 yield Record(start, previous_end, cells)
 
     def records(self) -> Iterator[Record]:
-        """The data records after the header, streamed; blank lines are skipped."""
+        """The data records after the header, streamed; blank lines and empty rows are skipped."""
         yield from self._records
 
     def progress(self) -> tuple[int, int]:

@@ -8,12 +8,13 @@ its line number and reason; warnings never stop a row.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from mailer.addresses import AddressError, clean_address, clean_name, split_full_name
-from mailer.csvsource import Record
+from mailer.csvsource import DELIMITERS, Record
 from mailer.headers import ColumnMap, normalise
 from mailer.states import SubscriberStatus
 
@@ -26,7 +27,6 @@ for _status, _words in {
         "subscribed",
         "confirmed",
         "actif",
-        "active",
         "abonne",
         "abonnee",
         "inscrit",
@@ -55,14 +55,33 @@ for _status, _words in {
         "false",
         "inactive",
         "inactif",
-        "inactive",
         "unsub",
         "pending",
+        "optedout",
+        # Mailchimp: archived left the audience, transactional never opted in to campaigns.
+        "archived",
+        "transactional",
+        "complained",  # a spam complaint: never mail again
+        "spam",
     ),
-    SubscriberStatus.BOUNCED: ("bounced", "cleaned", "rebond", "npai", "invalid", "hardbounce"),
+    SubscriberStatus.BOUNCED: (
+        "bounced",
+        "bounce",
+        "cleaned",
+        "rebond",
+        "npai",
+        "invalid",
+        "hardbounce",
+        "hardbounced",
+    ),
 }.items():
     for _word in _words:
         _STATUS_WORDS[_word] = _status
+
+
+CIVILITY_MAX = 50  # the subscribers.civility column
+# A piece of a line that is an address and nothing else (`judy@example.com`, `"judy@x.fr"`).
+_LONE_ADDRESS = re.compile(r'\s*"?[^\s"@]+@[^\s"@]+"?\s*')
 
 
 @dataclass(frozen=True)
@@ -110,6 +129,46 @@ def _cell(cells: list[str], index: int | None) -> str:
     return cells[index]
 
 
+def _swallowed_rows(record: Record, columns: ColumnMap) -> bool:
+    """Whether a quote left open made the parser read several rows as one record.
+
+    Told from a legitimate multi-line cell (Mailchimp NOTES, an address block) by what the
+    cell's later lines hold: something shaped like a row of this file, with an address alone
+    in the email column's position. A note that merely mentions an address is not that.
+    """
+    if record.end_line <= record.line:
+        return False
+    position = columns.fields["email"]
+    needed = min(len(columns.header), 2)
+    for cell in record.cells:
+        for line in cell.splitlines()[1:]:
+            for delimiter in DELIMITERS:
+                pieces = line.split(delimiter)
+                if (
+                    len(pieces) >= needed
+                    and position < len(pieces)
+                    and _LONE_ADDRESS.fullmatch(pieces[position])
+                ):
+                    return True
+    return False
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_object(raw: str) -> dict[str, Any] | None:
+    """listmonk's attributes cell as a dict, or None when it is not a JSON object.
+
+    NaN and Infinity are refused: PostgreSQL's json type would refuse them at insert time.
+    """
+    try:
+        parsed = json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
 def parse_record(record: Record, columns: ColumnMap) -> Iterator[Outcome]:
     """Turn one record into notices and then exactly one Candidate or Rejection."""
     line, cells = record.line, record.cells
@@ -117,9 +176,7 @@ def parse_record(record: Record, columns: ColumnMap) -> Iterator[Outcome]:
         yield Rejection(line, f"unreadable CSV record: {record.error}", cells)
         return
     fields = columns.fields
-    if record.end_line > record.line and any(
-        "\n" in cell and "@" in cell.split("\n", 1)[1] for cell in cells
-    ):
+    if _swallowed_rows(record, columns):
         yield Rejection(
             line,
             f"unbalanced quote: lines {record.line}-{record.end_line} were read as one record",
@@ -135,9 +192,11 @@ def parse_record(record: Record, columns: ColumnMap) -> Iterator[Outcome]:
     status_word = _cell(cells, fields.get("status"))
     status = _status_of(status_word)
     if status is None:
+        column = columns.header[fields["status"]]
         yield Rejection(
             line,
-            f"unknown status {status_word.strip()!r} (expected active, unsubscribed or bounced)",
+            f"unknown status {status_word.strip()!r} in column {column!r} (expected active, "
+            f"unsubscribed or bounced; --map '{column}=ignore' if it means something else)",
             cells,
         )
         return
@@ -150,7 +209,11 @@ def parse_record(record: Record, columns: ColumnMap) -> Iterator[Outcome]:
         yield Notice(line, note)
     names: dict[str, str | None] = {}
     for name_field in ("first_name", "last_name", "name", "civility"):
-        value, removed = clean_name(_cell(cells, fields.get(name_field)))
+        raw_name = _cell(cells, fields.get(name_field))
+        if name_field == "civility":
+            value, removed = clean_name(raw_name, CIVILITY_MAX)
+        else:
+            value, removed = clean_name(raw_name)
         if removed:
             yield Notice(line, f"control characters removed from {name_field}")
         names[name_field] = value
@@ -166,16 +229,14 @@ def parse_record(record: Record, columns: ColumnMap) -> Iterator[Outcome]:
     if columns.listmonk_attributes is not None:
         raw = _cell(cells, columns.listmonk_attributes).strip()
         if raw:
-            try:
-                parsed = json.loads(raw)
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, dict):
+            parsed = _json_object(raw)
+            if parsed is not None:
                 attributes.update(parsed)
             else:
                 yield Notice(line, "attributes column is not a JSON object; kept as text")
                 attributes["attributes"] = raw
-    if len(cells) > len(columns.header):
+    # Trailing empty cells (`a@b.fr;Anne;;;`) are what spreadsheets write: no warning.
+    if any(cell.strip() for cell in cells[len(columns.header) :]):
         yield Notice(
             line, f"{len(cells)} cells but the header has {len(columns.header)}; extra ignored"
         )

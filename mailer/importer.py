@@ -119,8 +119,8 @@ Outcome = Candidate | Rejection | Notice
 
 
 def _status_of(word: str) -> SubscriberStatus | None:
-
-    return _STATUS_WORDS.get(normalise(word))
+    # Most cells are empty or already a plain word: skip normalising those.
+    return _STATUS_WORDS.get(word) or _STATUS_WORDS.get(normalise(word))
 
 
 def _cell(cells: list[str], index: int | None) -> str:

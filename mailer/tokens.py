@@ -17,7 +17,7 @@ _TOKEN = re.compile(r"^([0-9a-f]{1,16})\.([A-Za-z0-9_-]{22})$")
 
 def keyed_hash(key: bytes, email_key: str) -> str:
     """Hex HMAC-SHA256 of a normalised address."""
-    return hmac.new(key, email_key.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.digest(key, email_key.encode("utf-8"), "sha256").hex()
 
 
 def _mac(secret: bytes, subscriber_id: int, email_key: str) -> str:

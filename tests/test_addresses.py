@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailer.addresses import AddressError, clean_address, clean_name, split_full_name
 
@@ -192,3 +194,70 @@ def test_full_name_is_split_into_first_and_last(
     full: str, expected: tuple[str | None, str | None]
 ) -> None:
     assert split_full_name(full) == expected
+
+
+# --- the fast path of `validate` gives exactly email-validator's answer --------------------
+
+_DOMAINS = [
+    "exemple.fr",
+    "EXEMPLE.FR",
+    "bücher.de",
+    "xn--bcher-kva.de",
+    "société.fr",
+    "a.bc",
+    "sub.domain.co.uk",
+    "exemple.fr.",
+    "-bad.fr",
+    "bad_.fr",
+    "ex..fr",
+    "123.456",
+    "localhost",
+    "exemple",
+    "日本.jp",
+    "ﬁ.fr",
+    "e\u0301cole.fr",
+    "x" * 63 + ".fr",
+    "x" * 64 + ".fr",
+    ".".join(["abcdefghi"] * 25) + ".fr",
+    "exemple.invalid",
+    "exemple.test",
+]
+_LOCAL_ALPHABET = st.sampled_from(
+    list("abcXYZ019.-_+!#$%&'*/=?^`{|}~")
+    + ["é", "ü", "ß", "日", "e\u0301", "\u00a0", " ", '"', "\u200b", "@", "(", ".."]
+)
+
+
+@st.composite
+def _addresses(draw: st.DrawFn) -> str:
+    local = "".join(draw(st.lists(_LOCAL_ALPHABET, min_size=0, max_size=70)))
+    if draw(st.booleans()):
+        local = draw(st.sampled_from(["postmaster", "Abuse", "info", "x" * 64, "x" * 65]))
+    return f"{local}@{draw(st.sampled_from(_DOMAINS))}"
+
+
+def _reference(text: str) -> tuple[str, str, bool] | str:
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        result = validate_email(
+            text, check_deliverability=False, allow_smtputf8=True, allow_display_name=False
+        )
+    except EmailNotValidError as exc:
+        return f"invalid address: {exc}"
+    return result.local_part, result.ascii_domain, bool(result.smtputf8)
+
+
+def _fast(text: str) -> tuple[str, str, bool] | str:
+    from mailer.addresses import AddressError, validate
+
+    try:
+        return validate(text)
+    except AddressError as exc:
+        return str(exc)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(_addresses(), st.emails(), st.text(max_size=80)))
+def test_fast_validation_answers_exactly_as_email_validator(text: str) -> None:
+    assert _fast(text) == _reference(text)

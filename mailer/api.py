@@ -6,9 +6,10 @@ does one job, and returns plain data; errors are MailerError subclasses.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy import Engine, text
 from mailer.addresses import AddressError, clean_address
 from mailer.clock import Clock, system_clock
 from mailer.config import Settings
-from mailer.csvsource import CsvSource
+from mailer.csvsource import CsvSource, Record
 from mailer.errors import InputError, NotFoundError
 from mailer.headers import map_columns, parse_map_options
 from mailer.importer import Candidate, Notice, Rejection, parse_record
@@ -114,7 +115,7 @@ def import_subscribers(
         report = ImportReport(file=path.name, delimiter=source.delimiter, dry_run=dry_run)
         rejects = None
         if rejects_path is not None:
-            rejects = RejectsWriter(rejects_path, source.header, source.delimiter)
+            rejects = RejectsWriter(rejects_path, columns.header, source.delimiter)
             stack.callback(rejects.close)
 
         def reject(rejection: Rejection) -> None:
@@ -123,7 +124,17 @@ def import_subscribers(
                 rejects.add(rejection)
             report.rejected.append(Rejection(rejection.line, rejection.reason))
 
-        report.columns = {name: source.header[index] for name, index in columns.fields.items()}
+        report.columns = {name: columns.header[index] for name, index in columns.fields.items()}
+        records: Iterable[Record] = source.records()
+        if columns.headerless and source.header_record is not None:
+            records = chain([source.header_record], records)
+            report.warnings.append(
+                Notice(
+                    source.header_line,
+                    f"no header row: {columns.header[columns.fields['email']]} holds the addresses "
+                    "and the first line is read as data",
+                )
+            )
         report.ignored_columns = columns.ignored
         with open_database(settings) as engine, engine.connect() as connection:
             connection = connection.execution_options(write=True)
@@ -132,6 +143,8 @@ def import_subscribers(
             if not dry_run:
                 connection.commit()
             batch: list[Candidate] = []
+            if progress:
+                progress(*source.progress())
 
             def flush() -> None:
                 result = store.merge_batch(
@@ -154,7 +167,7 @@ def import_subscribers(
                 if progress:
                     progress(*source.progress())
 
-            for record in source.records():
+            for record in records:
                 report.rows += 1
                 for outcome in parse_record(record, columns):
                     if isinstance(outcome, Candidate):

@@ -176,10 +176,13 @@ class CsvSource:
         self._records = self._parse()
         self.header: list[str] = []
         self.header_line = 0
+        # The first record as it was read: the data of a file that has no header row.
+        self.header_record: Record | None = None
         for record in self._records:
             if record.error is None and any(cell.strip() for cell in record.cells):
                 self.header = [cell.strip().lstrip("\ufeff") for cell in record.cells]
                 self.header_line = record.line
+                self.header_record = record
                 break
         if not self.header:
             self.close()

@@ -116,6 +116,7 @@ class ColumnMap:
     listmonk_attributes: int | None = None
     unsubscribed_marker: int | None = None
     cleaned_marker: int | None = None
+    headerless: bool = False  # the first line is data: a bare list of addresses
 
     @property
     def ignored(self) -> list[str]:
@@ -197,8 +198,27 @@ def map_columns(
                 result.attributes[header[index].strip()] = index
 
     if "email" not in result.fields:
+        bare = _headerless(header) if not mapping else None
+        if bare is not None:
+            return bare
         raise InputError(
             f"no email column found in the header ({', '.join(h for h in header if h) or 'empty'})",
             hint="name it email/courriel, or say which it is: --map 'COLUMN=email'",
         )
     return result
+
+
+def _headerless(first_row: list[str]) -> ColumnMap | None:
+    """A file without a header row, whose first line already holds an address."""
+    from mailer.addresses import AddressError, clean_address
+
+    for index, cell in enumerate(first_row):
+        if "@" not in cell:
+            continue
+        try:
+            clean_address(cell)
+        except AddressError:
+            continue
+        names = [f"column {number}" for number in range(1, len(first_row) + 1)]
+        return ColumnMap(header=names, fields={"email": index}, headerless=True)
+    return None

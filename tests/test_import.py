@@ -1292,3 +1292,32 @@ def test_address_warning_comes_before_name_warnings() -> None:
         Notice(2, "display name around a@x.fr ignored"),
         Notice(2, "control characters removed from first_name"),
     ]
+
+
+def test_a_bare_list_of_addresses_without_header_imports(cli: Cli, tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "liste.txt", "helene@exemple.fr\nmarc@exemple.fr\nnope\n")
+    result = cli("import", str(source), "--json")
+    assert result.code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["rows"], data["imported"]) == (3, 2)
+    assert data["rejected"] == [
+        {"line": 3, "reason": "invalid address: An email address must have an @-sign."}
+    ]
+    assert data["warnings"][0] == {
+        "line": 1,
+        "message": "no header row: column 1 holds the addresses and the first line is read as data",
+    }
+
+
+def test_headerless_file_with_names_keeps_the_address_column(cli: Cli, tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "l.csv", "Dupont;helene@exemple.fr\nMartin;marc@exemple.fr\n")
+    data = json.loads(cli("import", str(source), "--json").stdout)
+    assert (data["rows"], data["imported"], data["columns"]) == (2, 2, {"email": "column 2"})
+    assert data["ignored_columns"] == ["column 1"]
+
+
+def test_a_header_without_email_and_no_address_is_still_an_error(cli: Cli, tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "l.csv", "nom;prénom\nDupont;Hélène\n")
+    result = cli("import", str(source))
+    assert result.code == 1
+    assert result.stderr.startswith("Error: no email column found")

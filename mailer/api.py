@@ -6,10 +6,9 @@ does one job, and returns plain data; errors are MailerError subclasses.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from itertools import chain
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,10 @@ from sqlalchemy import Engine, text
 from mailer.addresses import AddressError, clean_address
 from mailer.clock import Clock, system_clock
 from mailer.config import Settings
-from mailer.csvsource import CsvSource, Record
+from mailer.csvsource import CsvSource
 from mailer.errors import InputError, NotFoundError
 from mailer.headers import map_columns, parse_map_options
-from mailer.importer import Candidate, Notice, Rejection, parse_record
-from mailer.rejects import RejectsWriter
+from mailer.importing import ImportReport, ImportRun, Progress, open_rejects
 from mailer.states import SubscriberStatus
 from mailer.store import meta, stats
 from mailer.store import subscribers as store
@@ -34,9 +32,6 @@ from mailer.store.engine import (
     write_transaction,
 )
 from mailer.tokens import keyed_hash, token_subscriber_id, verify_token
-
-BATCH_SIZE = 2000
-Progress = Callable[[int, int], None]
 
 
 @contextmanager
@@ -54,40 +49,6 @@ def open_database(settings: Settings) -> Iterator[Engine]:
 # --- import -------------------------------------------------------------------------------
 
 
-@dataclass
-class ImportReport:
-    file: str
-    rows: int = 0
-    imported: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    duplicates: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
-    warnings: list[Notice] = field(default_factory=list)
-    encoding: str = ""
-    delimiter: str = ""
-    columns: dict[str, str] = field(default_factory=dict)
-    ignored_columns: list[str] = field(default_factory=list)
-    dry_run: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "rows": self.rows,
-            "imported": self.imported,
-            "updated": self.updated,
-            "unchanged": self.unchanged,
-            "duplicates": self.duplicates,
-            "rejected": [{"line": r.line, "reason": r.reason} for r in self.rejected],
-            "warnings": [{"line": w.line, "message": w.message} for w in self.warnings],
-            "encoding": self.encoding,
-            "delimiter": self.delimiter,
-            "columns": self.columns,
-            "ignored_columns": self.ignored_columns,
-            "dry_run": self.dry_run,
-        }
-
-
 def import_subscribers(
     settings: Settings,
     path: Path,
@@ -103,115 +64,18 @@ def import_subscribers(
 ) -> ImportReport:
     """Validate, deduplicate and store the subscribers of a CSV file; report every rejected line.
 
-    Streams the file in batches of BATCH_SIZE rows, one transaction each, so memory stays flat
-    and a crash keeps what was merged (re-running is idempotent). With dry_run, everything
-    runs inside one transaction that is rolled back.
+    A missing email column or an unreadable file is an InputError before anything is
+    written; a bad row is a rejection, never an abort.
     """
     mapping = parse_map_options(maps or [])
-    started = clock()
     with ExitStack() as stack:
         source = stack.enter_context(CsvSource(path, encoding=encoding, delimiter=delimiter))
         columns = map_columns(source.header, mapping=mapping, attributes=attributes)
-        report = ImportReport(file=path.name, delimiter=source.delimiter, dry_run=dry_run)
-        rejects = None
-        if rejects_path is not None:
-            rejects = RejectsWriter(rejects_path, columns.header, source.delimiter)
-            stack.callback(rejects.close)
-
-        def reject(rejection: Rejection) -> None:
-            # Only line and reason stay in memory; the cells go straight to the file.
-            if rejects is not None:
-                rejects.add(rejection)
-            report.rejected.append(Rejection(rejection.line, rejection.reason))
-
-        report.columns = {name: columns.header[index] for name, index in columns.fields.items()}
-        records: Iterable[Record] = source.records()
-        if columns.headerless and source.header_record is not None:
-            records = chain([source.header_record], records)
-            report.warnings.append(
-                Notice(
-                    source.header_line,
-                    f"no header row: {columns.header[columns.fields['email']]} holds the addresses "
-                    "and the first line is read as data",
-                )
-            )
-        report.ignored_columns = columns.ignored
-        with open_database(settings) as engine, engine.connect() as connection:
-            connection = connection.execution_options(write=True)
-            suppression_key = meta.secret(connection, meta.SUPPRESSION_KEY)
-            store.start_import(connection)
-            if not dry_run:
-                connection.commit()
-            batch: list[Candidate] = []
-            if progress:
-                progress(*source.progress())
-
-            def flush() -> None:
-                result = store.merge_batch(
-                    connection,
-                    batch,
-                    suppression_key=suppression_key,
-                    source=path.name,
-                    now=clock(),
-                )
-                if not dry_run:
-                    connection.commit()
-                report.imported += result.imported
-                report.updated += result.updated
-                report.unchanged += result.unchanged
-                report.duplicates += result.duplicates
-                for rejection in result.rejections:
-                    reject(rejection)
-                report.warnings.extend(result.notices)
-                batch.clear()
-                if progress:
-                    progress(*source.progress())
-
-            for record in records:
-                report.rows += 1
-                for outcome in parse_record(record, columns):
-                    if isinstance(outcome, Candidate):
-                        batch.append(outcome)
-                    elif isinstance(outcome, Rejection):
-                        reject(outcome)
-                    else:
-                        report.warnings.append(outcome)
-                if len(batch) >= BATCH_SIZE:
-                    flush()
-            flush()
-            store.finish_import(connection)
-            if dry_run:
-                connection.rollback()
-            else:
-                store.record_import(
-                    connection,
-                    {
-                        "source": path.name[:255],
-                        "started_at": started,
-                        "finished_at": clock(),
-                        "rows": report.rows,
-                        "imported": report.imported,
-                        "updated": report.updated,
-                        "unchanged": report.unchanged,
-                        "duplicates": report.duplicates,
-                        "rejected": len(report.rejected),
-                    },
-                )
-                connection.commit()
-        report.encoding = source.encoding
-    if source.stats.cp1252_lines and source.stats.utf8_lines:
-        report.warnings.insert(
-            0,
-            Notice(
-                source.stats.first_cp1252_line or 0,
-                "the file mixes UTF-8 and Windows-1252 lines; each line was read in its own",
-            ),
+        rejects = open_rejects(stack, rejects_path, columns, source.delimiter)
+        run = ImportRun(
+            source, columns, dry_run=dry_run, rejects=rejects, progress=progress, clock=clock
         )
-    for line in source.stats.replaced_lines:
-        report.warnings.append(Notice(line, f"bytes not valid in {source.encoding}; replaced by �"))
-    report.rejected.sort(key=lambda r: r.line)
-    report.warnings.sort(key=lambda w: w.line)
-    return report
+        return run.run(stack.enter_context(open_database(settings)))
 
 
 # --- subscribers --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from mailer import __version__, api
 from mailer.config import Settings, load_settings
 from mailer.errors import MailerError
+from mailer.importing import Progress as ProgressCallback
 from mailer.states import SubscriberStatus
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -87,7 +88,7 @@ def _print_json(data: Any) -> None:
 
 
 @contextmanager
-def _progress(label: str, enabled: bool) -> Iterator[api.Progress | None]:
+def _progress(label: str, enabled: bool) -> Iterator[ProgressCallback | None]:
     if not (enabled and err.is_terminal):
         yield None
         return

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from mailer import api
+from mailer import importing
 from mailer.csvsource import Record
 from mailer.headers import map_columns
 from mailer.importer import Candidate, Notice, Outcome, Rejection, parse_record
@@ -877,7 +877,7 @@ def test_duplicates_within_the_file_use_case_folded_address_and_idna_domain(
 def test_duplicates_are_found_across_batches(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api, "BATCH_SIZE", 2)
+    monkeypatch.setattr(importing, "BATCH_SIZE", 2)
     lines = ["email,name"] + [f"p{i}@exemple.fr,P{i}" for i in range(2, 9)]
     lines += ["P2@EXEMPLE.FR,Encore", "p5@exemple.fr,Encore", "p8@Exemple.fr,Encore"]
     source = write_csv(tmp_path / "big.csv", "\n".join(lines) + "\n")

@@ -13,8 +13,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    Boolean,
     Column,
     Connection,
     Integer,
@@ -22,25 +20,22 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
-    case,
     delete,
     func,
     insert,
-    null,
     select,
-    true,
     update,
 )
-from sqlalchemy.sql.type_api import TypeEngine
 
 from mailer.importer import Candidate, Notice, Rejection
-from mailer.models import Attempt, Delivery, ImportRun, Subscriber, Suppression, UTCDateTime
+from mailer.models import Attempt, Delivery, ImportRun, Subscriber, Suppression
 from mailer.states import DeliveryState, SubscriberStatus
-from mailer.store.bulk import rows_of, values_of
+from mailer.store.bulk import insert_rows, values_of
 from mailer.store.engine import dialect_insert
 from mailer.tokens import keyed_hash
 
 ACTIVE = SubscriberStatus.ACTIVE
+_SUBSCRIBERS: Table = Subscriber.__table__  # type: ignore[assignment]
 _MERGED_FIELDS = ("first_name", "last_name", "civility")
 # The addresses seen so far in the file being imported: a temporary table, private to the
 # import's connection, so duplicates are found across batches without holding them in memory.
@@ -51,18 +46,6 @@ _SEEN = Table(
     Column("line", Integer, nullable=False),
     prefixes=["TEMPORARY"],
 )
-# What a new subscriber row takes from a Candidate (the rest is per batch: source, times).
-_NEW_ROW_TYPES: dict[str, TypeEngine[Any]] = {
-    "email": String(),
-    "email_key": String(),
-    "address": String(),
-    "smtputf8": Boolean(),
-    "first_name": String(),
-    "last_name": String(),
-    "civility": String(),
-    "attributes": JSON(),
-    "status": String(),
-}
 
 
 @dataclass
@@ -129,13 +112,7 @@ def merge_batch(
     if not first:
         _apply_opt_outs(connection, opt_outs, now)
         return result
-    seen = [{"email_key": c.key, "line": c.line} for c in first.values()]
-    connection.execute(
-        _SEEN.insert().from_select(
-            ["email_key", "line"],
-            rows_of(connection, seen, {"email_key": String(), "line": Integer()}),
-        )
-    )
+    insert_rows(connection, _SEEN, [{"email_key": c.key, "line": c.line} for c in first.values()])
 
     hashes = {keyed_hash(suppression_key, key): key for key in first}
     for key_hash in connection.scalars(
@@ -210,24 +187,15 @@ def _new_row(candidate: Candidate) -> dict[str, Any]:
 def _insert_new(
     connection: Connection, rows: list[dict[str, Any]], source: str, now: datetime
 ) -> None:
-    """One INSERT ... SELECT for the whole batch; a row another import just added is skipped."""
-    moment = bindparam("now", now, type_=UTCDateTime())
-    rows_select = rows_of(connection, rows, _NEW_ROW_TYPES)
-    new = rows_select.selected_columns
-    query = select(
-        *new,
-        bindparam("source", source[:255], type_=String()),
-        moment,
-        moment,
-        # status_changed_at: set when someone arrives already unsubscribed or bounced
-        case((new.status == ACTIVE.value, null()), else_=moment),
-    ).where(true())  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
-    connection.execute(
-        dialect_insert(connection)(Subscriber)
-        .from_select(
-            [*_NEW_ROW_TYPES, "source", "created_at", "updated_at", "status_changed_at"], query
-        )
-        .on_conflict_do_nothing(index_elements=["email_key"])
+    """Insert the batch's new subscribers; a row another import just added is skipped."""
+    for row in rows:  # set when someone arrives already unsubscribed or bounced
+        row["status_changed_at"] = None if row["status"] == ACTIVE.value else now
+    insert_rows(
+        connection,
+        _SUBSCRIBERS,
+        rows,
+        constants={"source": source[:255], "created_at": now, "updated_at": now},
+        skip_conflicts_on="email_key",
     )
 
 

@@ -83,8 +83,11 @@ def _global(ctx: typer.Context) -> Global:
     return ctx.obj if isinstance(ctx.obj, Global) else Global()
 
 
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+def _print_json(data: Any, *, compact: bool = False) -> None:
+    # Compact output uses the json module's C encoder: an import report may list many
+    # thousands of lines, and the indenting encoder is pure Python (slow, memory-hungry).
+    indent = None if compact else 2
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=indent) + "\n")
 
 
 @contextmanager
@@ -172,7 +175,7 @@ def import_command(
             progress=progress,
         )
     if as_json:
-        _print_json(report.to_json())
+        _print_json(report.to_json(), compact=True)
         return
     shown_delimiter = {"\t": "tab"}.get(report.delimiter, report.delimiter)
     out.print(

@@ -90,7 +90,14 @@ def open_engine(url: str) -> Engine:
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     if backend == "postgresql":
-        options.update(pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        # prepare_threshold=None: no server-side prepared statements. psycopg prepares a
+        # statement after five runs and PostgreSQL may then keep a generic plan made while
+        # the table was small: an import's lookups turned into full scans and 1,000,000 rows
+        # took twice as long (benchmarks/README.md). Planning each batch's few statements
+        # afresh costs well under a millisecond.
+        options.update(
+            pool_pre_ping=True, connect_args={"connect_timeout": 10, "prepare_threshold": None}
+        )
     path = _sqlite_path(url)
     if path is not None:
         _create_private_file(path)

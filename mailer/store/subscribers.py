@@ -24,6 +24,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 
@@ -66,6 +67,9 @@ def start_import(connection: Connection) -> None:
 
 def finish_import(connection: Connection) -> None:
     _SEEN.drop(connection, checkfirst=True)
+    if connection.dialect.name == "postgresql":
+        # Fresh statistics for the planner, even where autovacuum is off or has not run yet.
+        connection.execute(text("ANALYZE subscribers"))
 
 
 def _seen_before(connection: Connection, keys: list[str]) -> dict[str, int]:

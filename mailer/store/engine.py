@@ -120,7 +120,7 @@ def database_errors(engine: Engine) -> Iterator[None]:
     try:
         yield
     except sqlalchemy.exc.DatabaseError as exc:
-        where = describe(str(engine.url.render_as_string(hide_password=False)))
+        where = engine.url.render_as_string(hide_password=True)
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         if engine.dialect.name == "sqlite" and "not a database" in detail:
             raise SchemaError(f"{where} is not a SQLite database ({detail})") from exc
@@ -187,7 +187,7 @@ def _upgrade(connection: Connection, current: str | None) -> None:
 
     config = _alembic_config(connection)
     known = {rev.revision for rev in ScriptDirectory.from_config(config).walk_revisions()}
-    where = describe(connection.engine.url.render_as_string(hide_password=False))
+    where = connection.engine.url.render_as_string(hide_password=True)
     if current is not None and current not in known:
         raise SchemaError(
             f"the database {where} has schema revision {current}, newer than this mailer knows",

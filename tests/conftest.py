@@ -94,3 +94,26 @@ def cli(
 def write_csv(path: Path, text_: str, encoding: str = "utf-8") -> Path:
     path.write_bytes(text_.encode(encoding))
     return path
+
+
+REPO_TEMPLATES = Path(__file__).parent.parent / "templates"
+
+
+@pytest.fixture
+def templates(tmp_path: Path) -> Path:
+    """A copy of the project's templates folder (closure-notice and _layout) to edit freely."""
+    import shutil
+
+    target = tmp_path / "templates"
+    shutil.copytree(REPO_TEMPLATES, target)
+    return target
+
+
+def write_campaign(templates_dir: Path, name: str, files: dict[str, str]) -> Path:
+    """A campaign folder with the given files (campaign.toml defaults to a plain sender)."""
+    folder = templates_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"campaign.toml": 'from = "Asso <asso@asso.fr>"\n', **files}
+    for file, content in files.items():
+        (folder / file).write_text(content, encoding="utf-8")
+    return folder

@@ -6,21 +6,30 @@ does one job, and returns plain data; errors are MailerError subclasses.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from email import policy as email_policy
+from email.header import decode_header, make_header
+from email.message import EmailMessage
+from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, text
 
 from mailer.addresses import AddressError, clean_address
+from mailer.campaign import Campaign, load_campaign
 from mailer.clock import Clock, system_clock
 from mailer.config import Settings
 from mailer.csvsource import CsvSource
 from mailer.errors import InputError, NotFoundError
 from mailer.headers import map_columns, parse_map_options
 from mailer.importing import ImportReport, ImportRun, Progress, open_rejects
+from mailer.messages import MessageFactory, Outgoing
+from mailer.preflight import PreflightReport, preflight
+from mailer.render import Recipient
 from mailer.states import SubscriberStatus
 from mailer.store import meta, stats
 from mailer.store import subscribers as store
@@ -172,6 +181,89 @@ def forget(settings: Settings, email: str, *, clock: Clock = system_clock) -> Er
             with engine.connect() as connection:
                 connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         return Erasure(email, row is not None)
+
+
+# --- preview and pre-flight --------------------------------------------------------------
+
+
+def _nonce(campaign: Campaign) -> str:
+    """The Message-ID prefix shown by a preview; a send fixes each delivery's own when queued."""
+    return hashlib.sha256(f"{campaign.name}\0{campaign.digest}".encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Preview:
+    outgoing: Outgoing
+    status: str  # the subscriber's status: only `active` ones are sent to
+
+    @property
+    def message(self) -> EmailMessage:
+        """The wire bytes parsed back with the standard library (policy.default)."""
+        parsed = BytesParser(policy=email_policy.default).parsebytes(self.outgoing.data)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+    def header(self, name: str) -> str | None:
+        """A header as a reader sees it, decoded per RFC 2047 (email.header.decode_header).
+
+        policy.default's address parser keeps the folding space between two adjacent
+        encoded words of one display name, which RFC 2047 (6.2) says to drop; the older
+        decoder drops it, so a long name reads exactly as it was written.
+        """
+        raw = BytesParser(policy=email_policy.compat32).parsebytes(
+            self.outgoing.data, headersonly=True
+        ).get(name)
+        if raw is None:
+            return None
+        return str(make_header(decode_header(" ".join(str(raw).split()))))
+
+
+def preview(
+    settings: Settings,
+    campaign_name: str,
+    email: str | None = None,
+    *,
+    clock: Clock = system_clock,
+) -> Preview:
+    """The message one subscriber (default: the first active one) would receive."""
+    campaign = load_campaign(settings, campaign_name)
+    with open_database(settings) as engine, write_transaction(engine) as connection:
+        if email is not None:
+            row = store.find(connection, _key_of(email))
+            if row is None:
+                raise NotFoundError(f"{email} is not in the list")
+        else:
+            row = store.first(connection, SubscriberStatus.ACTIVE)
+            if row is None:
+                raise NotFoundError(
+                    "no active subscriber to preview",
+                    hint="import a list first: mailer import FILE.csv",
+                )
+        secret = token_secret(settings, connection)
+    factory = MessageFactory(campaign, secret, _nonce(campaign))
+    return Preview(factory.make(Recipient.from_row(row), date=clock()), row.status)
+
+
+def check_campaign(
+    settings: Settings,
+    campaign_name: str,
+    *,
+    progress: Progress | None = None,
+    clock: Clock = system_clock,
+) -> PreflightReport:
+    """Pre-flight: make every active subscriber's message without sending; report problems."""
+    campaign = load_campaign(settings, campaign_name)
+    with open_database(settings) as engine:
+        with write_transaction(engine) as connection:
+            secret = token_secret(settings, connection)
+            total = store.count_by_status(connection)[SubscriberStatus.ACTIVE.value]
+        factory = MessageFactory(campaign, secret, _nonce(campaign))
+        with read_transaction(engine) as connection:
+            recipients = (
+                Recipient.from_row(row)
+                for row in store.iterate(connection, SubscriberStatus.ACTIVE)
+            )
+            return preflight(factory, recipients, date=clock(), total=total, progress=progress)
 
 
 # --- status -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,8 +22,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from mailer import __version__, api
 from mailer.config import Settings, load_settings
-from mailer.errors import MailerError
+from mailer.errors import InputError, MailerError
 from mailer.importing import Progress as ProgressCallback
+from mailer.preflight import PreflightReport
 from mailer.states import SubscriberStatus
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -286,6 +288,103 @@ def forget_command(
         out.print(f"{email} erased; a later import will not add it again", markup=False)
     else:
         out.print(f"{email} was not in the list; recorded so that no import adds it", markup=False)
+
+
+# --- preview ------------------------------------------------------------------------------
+
+PREVIEW_HEADERS = ("From", "To", "Reply-To", "Subject", "Date", "Message-ID", "List-Id",
+                   "List-Unsubscribe")
+
+
+class Format(StrEnum):
+    text = "text"
+    html = "html"
+    eml = "eml"
+
+
+@app.command("preview")
+def preview_command(
+    ctx: typer.Context,
+    campaign: Annotated[
+        str, typer.Argument(help="The campaign: a folder under the templates directory.")
+    ],
+    email: Annotated[
+        str | None,
+        typer.Option(help="The subscriber (default: the first active one).", metavar="EMAIL"),
+    ] = None,
+    fmt: Annotated[
+        Format,
+        typer.Option("--format", help="text: headers and text part; html: the HTML part; "
+                     "eml: the raw message bytes."),
+    ] = Format.text,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Pre-flight: render for every active subscriber, send "
+                     "nothing, report problems (exit 1 if any)."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --check: print JSON.")] = False,
+) -> None:
+    """Show exactly what a subscriber would receive; or check the whole campaign.
+
+    Example: mailer preview closure-notice --email helene.dupont@exemple.fr
+    """
+    settings = _global(ctx).settings()
+    if check:
+        with _progress("Checking", not as_json) as progress:
+            report = api.check_campaign(settings, campaign, progress=progress)
+        _print_check(report, as_json)
+        if not report.ok:
+            raise typer.Exit(1)
+        return
+    shown = api.preview(settings, campaign, email)
+    outgoing = shown.outgoing
+    if shown.status != SubscriberStatus.ACTIVE.value:
+        err.print(f"Note: {outgoing.recipient.email} is {shown.status}: a send skips them.",
+                  markup=False)
+    if outgoing.smtputf8:
+        err.print(f"Note: {outgoing.recipient.email} needs a relay that offers SMTPUTF8.",
+                  markup=False)
+    if fmt is Format.eml:
+        sys.stdout.buffer.write(outgoing.data)
+        sys.stdout.flush()
+        return
+    if fmt is Format.html:
+        if outgoing.parts.html is None:
+            raise InputError(f"campaign {campaign!r} has no HTML part (body.html)")
+        sys.stdout.write(outgoing.parts.html)
+        return
+    for name in PREVIEW_HEADERS:
+        value = shown.header(name)
+        if value is not None:
+            out.print(f"{name}: {value}", markup=False)
+    sys.stdout.write("\n" + outgoing.parts.text)
+
+
+def _print_check(report: PreflightReport, as_json: bool) -> None:
+    if as_json:
+        _print_json(report.as_json())
+        return
+    out.print(
+        f"{report.campaign}: {report.ready} of {report.checked} messages ready"
+        + (f", {report.problem_count} with problems" if report.problem_count else "")
+        + (f" (largest {report.largest / 1024:.1f} KiB)" if report.ready else "")
+        + f"; checked in {report.seconds:.1f} s.",
+        markup=False,
+    )
+    if report.domains:
+        top = report.top_domains()
+        rest = sum(report.domains.values()) - sum(n for _, n in top)
+        listed = ", ".join(f"{domain} {n}" for domain, n in top)
+        out.print(f"Domains: {listed}" + (f", others {rest}" if rest else ""), markup=False)
+    for problem in report.problems[:SHOWN]:
+        out.print(f"Problem: {problem.email}: {problem.reason}", markup=False)
+    if report.problem_count > SHOWN:
+        out.print(f"... and {report.problem_count - SHOWN} more problems; by reason:",
+                  markup=False)
+        for reason, count in report.reasons.most_common(SHOWN):
+            out.print(f"  {count} × {reason}", markup=False)
+    for warning in report.warnings:
+        out.print(f"Warning: {warning}", markup=False)
 
 
 # --- status -------------------------------------------------------------------------------

@@ -284,6 +284,12 @@ def iterate(connection: Connection, status: SubscriberStatus | None = None) -> I
     yield from connection.execution_options(yield_per=1000).execute(query)
 
 
+def first(connection: Connection, status: SubscriberStatus) -> Any:
+    """The first subscriber (by id) of a status, or None."""
+    query = select(Subscriber).where(Subscriber.status == status.value)
+    return connection.execute(query.order_by(Subscriber.id).limit(1)).first()
+
+
 def count_by_status(connection: Connection) -> dict[str, int]:
     counts = {status.value: 0 for status in SubscriberStatus}
     for status, number in connection.execute(

@@ -328,6 +328,8 @@ def preview_command(
 
     Example: mailer preview closure-notice --email helene.dupont@exemple.fr
     """
+    if as_json and not check:
+        raise InputError("--json goes with --check", hint="for the raw message: --format eml")
     settings = _global(ctx).settings()
     if check:
         with _progress("Checking", not as_json) as progress:

@@ -303,14 +303,21 @@ def test_no_subscriber_field_can_create_a_header_or_a_recipient(
     assert "\r" not in rfc2047(data, "Subject")
 
 
-def test_the_standard_library_alone_would_let_an_encoded_word_inject_a_header() -> None:
-    """Why mailer defuses encoded words: on Python before 3.11.10 (CVE-2024-6923) the
-    library decodes one found in a value and writes its CR LF out as a header break."""
-    message = EmailMessage(policy=policy.SMTP)
-    message["Subject"] = "Pour =?utf-8?q?Eve=0D=0ABcc:_victim@example.com?="
-    injected = b"\r\nBcc: victim@example.com" in message.as_bytes()
-    fixed = sys.version_info >= (3, 11, 10)
-    assert injected != fixed or fixed  # documents the behaviour; mailer is safe either way
+def test_an_encoded_word_that_injects_a_header_through_the_library_does_not_through_mailer(
+    tmp_path: Path,
+) -> None:
+    """Python's email package before 3.11.10 decodes an encoded word found in a value and
+    writes its CR LF out as a header break (CVE-2024-6923): mailer must not depend on that."""
+    hostile = "=?utf-8?q?Eve=0D=0ABcc:_victim@example.com?="
+    plain = EmailMessage(policy=policy.SMTP)
+    plain["Subject"] = f"Pour {hostile}"
+    library_injects = b"\r\nBcc: victim@example.com" in plain.as_bytes()
+    write_campaign(tmp_path, "c", {"subject.txt": "Pour {{ subscriber.first_name }}\n",
+                                   "body.txt": "x\n"})
+    factory = MessageFactory(load_campaign(Settings(templates_dir=tmp_path), "c"), SECRET, "n")
+    data = factory.make(recipient("eve@exemple.fr", first=hostile, last=None), date=DATE).data
+    assert b"\r\nBcc:" not in data, f"library alone injects: {library_injects}"
+    assert parse(data)["Subject"] == "Pour = ?utf-8?q?Eve=0D=0ABcc:_victim@example.com?="
 
 
 def test_the_composer_refuses_a_message_whose_headers_were_tampered_with() -> None:

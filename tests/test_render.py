@@ -226,7 +226,7 @@ def test_an_unknown_campaign_lists_the_known_ones(templates: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "error", "match"),
     [
-        ("from = [", InputError, "invalid TOML"),
+        ("from = [", ConfigError, "invalid TOML"),
         ('from = "A <a@x.fr>"\ncolour = 1\n', ConfigError, "unknown key 'colour'"),
         ('from = "A <nobody>"\n', ConfigError, "from"),
         ('reply_to = "x"\n', ConfigError, "no sender"),

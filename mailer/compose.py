@@ -13,9 +13,10 @@ library's own encoders:
 - List-Unsubscribe is folded by the library once per token length, with a stand-in token, and
   the real token put in its place (folding an unstructured header depends only on where the
   white space is, and a token has none; checked with two stand-ins before it is trusted);
-- To and Message-ID are written as they are when they are plain ASCII words that fit on one
-  line, exactly what the library's folder does with them; anything else (a name with an
-  accent, a quote or a comma) is folded by the library;
+- To is written in the shapes the library's folder gives one mailbox (on one line, moved
+  whole to a continuation line, or broken before `<address>`), a name with accents encoded
+  with the library's own encoded-word encoder (`encode_phrase`); any other name is folded by
+  the library. Message-ID is copied when it is a plain id that fits on its line;
 - the bodies are quoted-printable encoded line by line with `email.quoprimime.body_encode`,
   which encodes every line on its own, remembering the lines every message shares.
 
@@ -104,6 +105,25 @@ def encode_phrase(words: list[str]) -> str:
         out = out[:start] + encoded_words.encode(pending, charset="utf-8") + " "
         pending += " "
     return out
+
+
+def _fold_mailbox(phrase: str, address: str, *, ascii_phrase: bool) -> bytes | None:
+    """`To: phrase <address>` folded as the library folds it, or None if unsure.
+
+    On one line when it fits. Otherwise the folder moves the whole mailbox to a continuation
+    line when it fits there (76 characters for a mailbox with an encoded name, which the
+    folder measures before adding the fold's space; 75 for a plain one). Otherwise it breaks
+    before `<address>`, the space before it becoming the fold.
+    """
+    whole = f"{phrase} <{address}>"
+    if len(whole) + 4 <= _MAX:
+        return f"To: {whole}\r\n".encode("ascii")
+    if len(whole) + (1 if ascii_phrase else 0) <= _MAX:
+        return f"To:\r\n {whole}\r\n".encode("ascii")
+    first, second = f"To: {phrase}", f" <{address}>"
+    if len(first) < _MAX and len(second) <= _MAX:
+        return f"{first}\r\n{second}\r\n".encode("ascii")
+    return None
 
 
 class Composer:
@@ -200,18 +220,21 @@ class Composer:
         return build_message(self.campaign, recipient, parts, links, envelope).as_bytes()
 
     def _to(self, recipient: Recipient) -> bytes:
+        """The To header: written directly in the shapes the library's folder produces for
+        one plain mailbox, checked by tests/test_compose.py; anything else, by the library."""
         name, address = recipient.display_name, recipient.address
         if _PLAIN_ADDRESS.fullmatch(address):
             if not name:
                 line = f"To: {address}"
-            elif _PLAIN_NAME.fullmatch(name):
-                line = f"To: {name} <{address}>"
-            elif _WORDS.fullmatch(name):
-                line = f"To: {encode_phrase(name.split(' '))}<{address}>"
+                if len(line) <= _MAX:
+                    return line.encode("ascii") + CRLF
             else:
-                line = ""
-            if line and len(line) <= _MAX:
-                return line.encode("ascii") + CRLF
+                plain = _PLAIN_NAME.fullmatch(name) is not None
+                if plain or _WORDS.fullmatch(name):
+                    phrase = name if plain else encode_phrase(name.split(" "))[:-1]
+                    folded = _fold_mailbox(phrase, address, ascii_phrase=plain)
+                    if folded is not None:
+                        return folded
         return fold("To", mailbox(name, address))
 
     def _message_id(self, value: str) -> bytes:

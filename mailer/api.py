@@ -186,9 +186,14 @@ def forget(settings: Settings, email: str, *, clock: Clock = system_clock) -> Er
 # --- preview and pre-flight --------------------------------------------------------------
 
 
-def _nonce(campaign: Campaign) -> str:
-    """The Message-ID prefix shown by a preview; a send fixes each delivery's own when queued."""
-    return hashlib.sha256(f"{campaign.name}\0{campaign.digest}".encode()).hexdigest()[:12]
+def _factory(settings: Settings, campaign: Campaign, connection: Any) -> MessageFactory:
+    """The campaign's message factory, with the token secret (generated on first use).
+
+    The Message-ID prefix is derived from the campaign and its templates: what a preview
+    shows. A send fixes each delivery's own Message-ID when it queues it.
+    """
+    nonce = hashlib.sha256(f"{campaign.name}\0{campaign.digest}".encode()).hexdigest()[:12]
+    return MessageFactory(campaign, token_secret(settings, connection), nonce)
 
 
 @dataclass(frozen=True)
@@ -239,8 +244,7 @@ def preview(
                     "no active subscriber to preview",
                     hint="import a list first: mailer import FILE.csv",
                 )
-        secret = token_secret(settings, connection)
-    factory = MessageFactory(campaign, secret, _nonce(campaign))
+        factory = _factory(settings, campaign, connection)
     return Preview(factory.make(Recipient.from_row(row), date=clock()), row.status)
 
 
@@ -255,9 +259,8 @@ def check_campaign(
     campaign = load_campaign(settings, campaign_name)
     with open_database(settings) as engine:
         with write_transaction(engine) as connection:
-            secret = token_secret(settings, connection)
+            factory = _factory(settings, campaign, connection)
             total = store.count_by_status(connection)[SubscriberStatus.ACTIVE.value]
-        factory = MessageFactory(campaign, secret, _nonce(campaign))
         with read_transaction(engine) as connection:
             recipients = (
                 Recipient.from_row(row)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
 from dataclasses import dataclass, field
 from email.errors import HeaderParseError
 from email.headerregistry import Address
@@ -29,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mailer.addresses import AddressError, clean_address
-from mailer.config import Settings
+from mailer.config import Settings, read_toml
 from mailer.errors import ConfigError, InputError, NotFoundError
 
 METADATA = "campaign.toml"
@@ -141,13 +140,7 @@ def _layout_hint(folder: Path) -> str:
 
 
 def _read_metadata(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    data = read_toml(path)
     unknown = set(data) - _KEYS
     if unknown:
         raise ConfigError(

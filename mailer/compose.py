@@ -64,6 +64,12 @@ _SENTINEL_TEXT = "MAILER0TEXT0SENTINEL\n"
 _SENTINEL_HTML = "MAILER0HTML0SENTINEL\n"
 
 
+def header_names(data: bytes) -> list[bytes]:
+    """The name of each header of a message, in order (continuation lines skipped)."""
+    head = data[: data.find(CRLF + CRLF)]
+    return [line.partition(b":")[0] for line in head.split(CRLF) if line[:1] not in (b" ", b"\t")]
+
+
 def fold(name: str, value: Any) -> bytes:
     """One header as the library writes it in a message of POLICY."""
     return POLICY.fold_binary(*POLICY.header_store_parse(name, value))
@@ -145,7 +151,7 @@ class Composer:
         self._date: Callable[[datetime], bytes] = lru_cache(maxsize=64)(
             lambda date: fold("Date", date)
         )
-        self._names = self._learn_names()
+        self._names: list[bytes] = []
         self._framing = self._learn_framing()
         self.fast = self._framing is not None and self._agrees()
 
@@ -181,13 +187,8 @@ class Composer:
 
     def verify(self, data: bytes) -> None:
         """Raise ValueError unless the headers are exactly the ones this campaign writes."""
-        end = data.find(CRLF + CRLF)
-        names = [
-            line.partition(b":")[0]
-            for line in data[:end].split(CRLF)
-            if line[:1] not in (b" ", b"\t")
-        ]
-        if end < 0 or names != self._names:
+        names = header_names(data)
+        if CRLF + CRLF not in data or names != self._names:
             unexpected = sorted({n.decode("ascii", "replace") for n in names}
                                 - {n.decode() for n in self._names})
             raise ValueError(
@@ -274,24 +275,16 @@ class Composer:
         return Recipient(id=1, email=address, address=address, first_name=name[0],
                          last_name=name[1])
 
-    def _learn_names(self) -> list[bytes]:
-        """The names of the headers every message of this campaign has, in order."""
-        parts = Parts("Sample", "Sample\n", "Sample\n" if self.campaign.has_html else None)
-        recipient = self._sample(("Sample", None), "sample@example.org")
-        envelope = Envelope("<sample@example.org>", datetime(2000, 1, 1, tzinfo=UTC))
-        data = self.reference(recipient, parts, Links.build(self.campaign, "0.sample"), envelope)
-        head = data[: data.find(CRLF + CRLF)]
-        lines = head.split(CRLF)
-        return [line.partition(b":")[0] for line in lines if line[:1] not in (b" ", b"\t")]
-
     def _learn_framing(self) -> tuple[bytes, bytes, bytes | None, bytes] | None:
-        """MIME headers and part framing, cut out of a message the library serialized."""
+        """MIME headers and part framing, cut out of a message the library serialized; and
+        the header names every message must have (for `verify`)."""
         html = _SENTINEL_HTML if self.campaign.has_html else None
         parts = Parts("Sample", _SENTINEL_TEXT, html)
         recipient = self._sample(("Sample", None), "sample@example.org")
         links = Links.build(self.campaign, "0.sample")
         envelope = Envelope("<sample@example.org>", datetime(2000, 1, 1, tzinfo=UTC))
         data = self.reference(recipient, parts, links, envelope)
+        self._names = header_names(data)  # every message of the campaign has these headers
         head, separator, body = data.partition(CRLF + CRLF)
         prefix = b"".join(self._headers(recipient, parts, links, envelope))
         text_mark = _SENTINEL_TEXT.rstrip("\n").encode() + CRLF

@@ -154,14 +154,19 @@ def _convert(attr: str, value: Any, *, source: str) -> Any:
         raise ConfigError(f"{source}: invalid value for {attr}: {exc}") from exc
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file (mailer.toml, a campaign.toml); ConfigError naming it if unreadable."""
     try:
         with path.open("rb") as handle:
-            data = tomllib.load(handle)
+            return tomllib.load(handle)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    data = read_toml(path)
     # Allow both flat keys and an [smtp] table (host, port, ...).
     flat: dict[str, Any] = {}
     for key, value in data.items():

@@ -151,6 +151,12 @@ class Renderer:
         self._subject = self._compile(SUBJECT)
         self._text = self._compile(TEXT)
         self._html = self._compile(HTML) if campaign.has_html else None
+        # The shared layout too, now: a syntax error there is one error before any message,
+        # not one problem per subscriber.
+        for name in self.environment.list_templates(extensions=("txt", "html", "htm")):
+            if name.split("/", 1)[0] == campaign.name or name.startswith("_"):
+                with template_errors(campaign.templates_dir, name):
+                    self.environment.get_template(name)
         self._globals: dict[str, Any] = {
             **campaign.context,
             "campaign": {"name": campaign.name},

@@ -160,6 +160,15 @@ def test_a_syntax_error_is_reported_when_the_campaign_is_loaded(tmp_path: Path) 
     assert raised.value.message.startswith(f"{folder / 'body.txt'}, line 3: syntax error")
 
 
+def test_a_syntax_error_in_the_shared_layout_is_reported_when_loading(templates: Path) -> None:
+    layout = templates / "_layout" / "layout.html"
+    layout.write_text("<p>{% if %}</p>\n", encoding="utf-8")
+    campaign = load_campaign(_settings(templates), "closure-notice")
+    with pytest.raises(TemplateError) as raised:
+        Renderer(campaign)
+    assert raised.value.message.startswith(f"{layout}, line 1: syntax error")
+
+
 def test_the_sandbox_refuses_python_internals(tmp_path: Path) -> None:
     write_campaign(tmp_path, "c", {
         "subject.txt": "S\n",

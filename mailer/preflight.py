@@ -1,6 +1,6 @@
 """Pre-flight: render a campaign for every subscriber it would go to, send nothing, report.
 
-Used by `mailer preview CAMPAIGN --check`, and at the start of every send (`send --dry-run`
+Used by `mailer preview CAMPAIGN --check`; sending (next release) runs it first (`send --dry-run`
 shows it). Each subscriber whose message cannot be made is a problem with the reason; the
 summary counts the messages and their domains, and warns about what would hurt delivery
 (a free-mail or placeholder sender, no unsubscribe link, addresses that need SMTPUTF8).

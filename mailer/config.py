@@ -19,6 +19,9 @@ from mailer.errors import ConfigError
 
 Security = Literal["starttls", "tls", "none"]
 SECURITIES: tuple[Security, ...] = ("starttls", "tls", "none")
+# What `retry` does with a delivery whose outcome is unknown (the relay may have it).
+Uncertain = Literal["resend", "hold"]
+UNCERTAIN_CHOICES: tuple[Uncertain, ...] = ("resend", "hold")
 
 DEFAULT_DATABASE_URL = "sqlite:///subscribers.db"
 DEFAULT_CONFIG_FILE = "mailer.toml"
@@ -82,6 +85,9 @@ class Settings:
     smtp_username: str | None = None
     smtp_password: str | None = field(default=None, repr=False)
     smtp_ca_file: Path | None = None
+    smtp_timeout: float = 60.0  # connecting, and each SMTP command's reply
+    smtp_data_timeout: float = 600.0  # the reply after the final "." of DATA
+    smtp_max_messages: int = 100  # messages per connection before reconnecting
     sender: str | None = None
     secret: str | None = field(default=None, repr=False)
     unsubscribe_url: str | None = None
@@ -92,6 +98,7 @@ class Settings:
     lease_seconds: float = 600.0
     concurrency: int = 4
     rate: Rate | None = None
+    uncertain: Uncertain = "resend"
     config_file: Path | None = None
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -110,6 +117,9 @@ _KEYS: dict[str, str] = {
     "smtp_security": "smtp_security",
     "smtp_username": "smtp_username",
     "smtp_ca_file": "smtp_ca_file",
+    "smtp_timeout": "smtp_timeout",
+    "smtp_data_timeout": "smtp_data_timeout",
+    "smtp_max_messages": "smtp_max_messages",
     "from": "sender",
     "unsubscribe_url": "unsubscribe_url",
     "unsubscribe_mailto": "unsubscribe_mailto",
@@ -119,7 +129,15 @@ _KEYS: dict[str, str] = {
     "lease_seconds": "lease_seconds",
     "concurrency": "concurrency",
     "rate": "rate",
+    "uncertain": "uncertain",
 }
+
+
+_INT_RANGES = {"smtp_port": (1, 65535), "concurrency": (1, 1000), "smtp_max_messages": (1, 10**6)}
+_SECONDS = frozenset({
+    "retry_base_delay", "retry_max_delay", "retry_max_age", "lease_seconds",
+    "smtp_timeout", "smtp_data_timeout",
+})
 
 
 def _convert(attr: str, value: Any, *, source: str) -> Any:
@@ -127,13 +145,13 @@ def _convert(attr: str, value: Any, *, source: str) -> Any:
     try:
         if attr in {"templates_dir", "smtp_ca_file"}:
             return Path(str(value)).expanduser()
-        if attr in {"smtp_port", "concurrency"}:
+        if attr in _INT_RANGES:
             number = int(value)
-            low, high = (1, 65535) if attr == "smtp_port" else (1, 1000)
+            low, high = _INT_RANGES[attr]
             if not low <= number <= high:
                 raise ValueError(f"must be between {low} and {high}")
             return number
-        if attr in {"retry_base_delay", "retry_max_delay", "retry_max_age", "lease_seconds"}:
+        if attr in _SECONDS:
             seconds = float(value)
             if seconds <= 0:
                 raise ValueError("must be more than zero seconds")
@@ -142,6 +160,11 @@ def _convert(attr: str, value: Any, *, source: str) -> Any:
             text = str(value).strip().lower()
             if text not in SECURITIES:
                 raise ValueError(f"must be one of {', '.join(SECURITIES)}")
+            return text
+        if attr == "uncertain":
+            text = str(value).strip().lower()
+            if text not in UNCERTAIN_CHOICES:
+                raise ValueError(f"must be one of {', '.join(UNCERTAIN_CHOICES)}")
             return text
         if attr == "rate":
             return value if isinstance(value, Rate) else parse_rate(str(value))

@@ -81,7 +81,7 @@ def boundary_for(campaign: Campaign) -> str:
 
 def message_id(nonce: str, recipient_id: int, domain: str) -> str:
     """`<nonce.id@domain>`: unique per campaign and subscriber, the same on every retry."""
-    return f"<{nonce}.{recipient_id:x}@{domain}>"
+    return f"<{nonce}.{recipient_id}@{domain}>"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from sqlalchemy import create_engine, text
 from mailer.cli import main
 from mailer.config import Settings
 
+pytest_plugins = ["tests.smtpserver"]  # the scripted SMTP server fixtures
+
 POSTGRES_URL = os.environ.get("MAILER_TEST_POSTGRES_URL", "")
 FIXTURES = Path(__file__).parent / "fixtures"
 NO_POSTGRES = (

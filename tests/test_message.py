@@ -88,7 +88,7 @@ def test_every_header_of_the_closure_notice() -> None:
     assert message["Reply-To"].addresses[0].display_name == "Martine Buron, présidente du Cime"
     assert message["Subject"] == outgoing.parts.subject
     assert message["Date"].datetime == DATE
-    assert message["Message-ID"] == "<c0ffee0d.2a@cime.example.org>"
+    assert message["Message-ID"] == "<c0ffee0d.42@cime.example.org>"
     assert message["MIME-Version"] == "1.0"
     assert message["List-Id"] == "Lettre d’information du Cime <lettre.cime.example.org>"
     token = outgoing.links.token

@@ -26,3 +26,8 @@ def secret(connection: Connection, name: str) -> bytes:
         found = connection.scalar(select(Meta.value).where(Meta.key == name))
     assert found is not None
     return bytes.fromhex(found)
+
+
+def token_secret(connection: Connection, configured: str | None) -> bytes:
+    """The key of unsubscribe tokens: MAILER_SECRET when set, else the generated one."""
+    return configured.encode("utf-8") if configured else secret(connection, TOKEN_SECRET)

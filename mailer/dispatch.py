@@ -1,0 +1,402 @@
+"""The sending loop of one run: claim → render → send → record, K at a time, at a given rate.
+
+    producer ──claim (lease)──▶ queue ──▶ K senders ──render, rate, transport.send──▶ results
+                                                                                    │ ≤ 100 ms
+    recorder ◀──────────────────────────────────────────────────────────────────────┘
+    (one transaction per flush: states + attempts log; renews the leases)
+
+Only SMTP is async. Every database call runs on one dedicated thread, so a slow commit never
+stalls an SMTP timer. A delivery is `sending` (committed) before its DATA, and its outcome is
+committed within `FLUSH_SECONDS` of the relay's reply: a crash can leave at most the messages
+being transmitted plus those acknowledged in the last flush interval without their record.
+
+Stopping (Ctrl-C, SIGTERM, or whole-run trouble such as an unreachable relay) stops claiming,
+lets the messages in flight finish and be recorded, and releases what was claimed but not
+tried back to the state it came from, with no attempt counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import secrets
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+
+from mailer.clock import Clock
+from mailer.config import Rate
+from mailer.errors import InputError, MailerError, RelayTemporaryError
+from mailer.messages import MessageFactory
+from mailer.policy import Backoff, Outcome, decide
+from mailer.states import DeliveryState
+from mailer.store import deliveries as store
+from mailer.store.engine import database_errors, write_transaction
+from mailer.transport import Reply, Stage, Submission, Transport
+
+T = TypeVar("T")
+FLUSH_SECONDS = 0.1  # outcomes are committed at most this long after the relay's reply
+FLUSH_SIZE = 500
+THROTTLE_LIMIT = 5  # throttling replies in a row (no acceptance between) that stop the run
+
+
+def worker_name() -> str:
+    """Who holds a lease: host, process and a random suffix (pids are reused)."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass
+class Tally:
+    """What this run did, for the progress bar and the summary."""
+
+    total: int = 0  # deliveries due when the run started (the progress bar's length)
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    uncertain: int = 0
+    skipped: int = 0
+    released: int = 0
+    requeued: int = 0
+    started: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def done(self) -> int:
+        return self.sent + self.deferred + self.failed + self.uncertain + self.skipped
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started if self.started else 0.0
+
+    def count(self, outcome: Outcome) -> None:
+        name = outcome.value
+        setattr(self, name, getattr(self, name) + 1)
+
+
+ProgressFn = Callable[[Tally], None]
+
+
+class RateLimiter:
+    """At most `rate` message starts per second, spread evenly (no bursts)."""
+
+    def __init__(self, rate: Rate | None) -> None:
+        self.interval = 1.0 / rate.per_second if rate else 0.0
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    concurrency: int = 4
+    rate: Rate | None = None
+    limit: int | None = None  # send at most this many deliveries in this run
+    include_uncertain: bool = True
+    lease_seconds: float = 600.0
+    backoff: Backoff = field(default_factory=Backoff)
+    batch_size: int = 200
+    throttle_pause: float = 1.0  # first pause after a throttling reply; doubles, ≤ 30 s
+
+
+class Dispatcher:
+    """One run over one campaign's due deliveries."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        campaign_id: int,
+        factory: MessageFactory,
+        transport: Transport,
+        options: RunOptions,
+        *,
+        clock: Clock,
+        owner: str | None = None,
+        progress: ProgressFn | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.engine = engine
+        self.campaign_id = campaign_id
+        self.factory = factory
+        self.transport = transport
+        self.options = options
+        self.clock = clock
+        self.owner = owner or worker_name()
+        self.progress = progress
+        self.rng = rng or random.Random()
+        self.tally = Tally()
+        self.stop = asyncio.Event()
+        self.error: MailerError | None = None
+        self._sender = factory.campaign.sender.addr_spec
+        self._queue: asyncio.Queue[store.Claimed | None] = asyncio.Queue()
+        self._again: deque[store.Claimed] = deque()  # requeued after a 421
+        self._held: dict[int, DeliveryState] = {}  # claimed and not yet recorded
+        self._results: list[store.Result] = []
+        self._claimed = 0
+        self._throttled = 0
+        self._limiter = RateLimiter(options.rate)
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailer-db")
+
+    # --- the database thread ---------------------------------------------------------------
+
+    async def _in_db(self, work: Callable[[Any], T]) -> T:
+        def run() -> T:
+            with database_errors(self.engine), write_transaction(self.engine) as connection:
+                return work(connection)
+
+        return await asyncio.get_running_loop().run_in_executor(self._db, run)
+
+    # --- the run ---------------------------------------------------------------------------
+
+    async def run(self, total: int = 0) -> Tally:
+        """Send what is due; raise the whole-run error, if any, after cleaning up."""
+        self.tally = Tally(total=total, started=time.monotonic())
+        recorder: asyncio.Task[None] | None = None
+        senders: list[asyncio.Task[None]] = []
+        try:
+            await self.transport.start()
+            recorder = asyncio.create_task(self._record_loop())
+            senders = [
+                asyncio.create_task(self._send_loop()) for _ in range(self.options.concurrency)
+            ]
+            await self._produce()
+        except MailerError as exc:
+            self._fail(exc)
+        finally:
+            for _ in senders:
+                self._queue.put_nowait(None)
+            outcomes = await asyncio.gather(*senders, return_exceptions=True)
+            self.stop.set()
+            if recorder is not None:
+                await recorder
+            await self._finish()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome  # a bug: crash loudly
+        if self.error is not None:
+            raise self.error
+        return self.tally
+
+    async def _finish(self) -> None:
+        """Record what was answered, release what was not tried, close the connections."""
+        try:
+            await self._flush()
+            held = list(self._held.items())
+            if held:
+                now = self.clock()
+                self.tally.released += await self._in_db(
+                    lambda c: store.release(c, self.owner, held, now)
+                )
+                self._held.clear()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.transport.close()
+            self._db.shutdown(wait=True)
+            self._report()
+
+    def _fail(self, error: MailerError) -> None:
+        if self.error is None:
+            self.error = error
+        self.stop.set()
+
+    # --- claiming --------------------------------------------------------------------------
+
+    def _claim_size(self) -> int:
+        size = self.options.batch_size
+        if self.options.rate is not None:
+            # Never hold more than about 30 s of work: the rest stays free for other workers.
+            size = min(size, max(1, int(self.options.rate.per_second * 30)))
+        if self.options.limit is not None:
+            size = min(size, self.options.limit - self._claimed)
+        return size
+
+    async def _produce(self) -> None:
+        low_water = max(self.options.concurrency * 2, self.options.batch_size // 2)
+        while not self.stop.is_set():
+            size = self._claim_size()
+            if size <= 0:
+                return
+            if self._queue.qsize() > low_water:
+                await asyncio.sleep(0.005)
+                continue
+            now = self.clock()
+            result = await self._in_db(
+                partial(
+                    store.claim,
+                    campaign_id=self.campaign_id,
+                    owner=self.owner,
+                    now=now,
+                    lease_seconds=self.options.lease_seconds,
+                    limit=size,
+                    include_uncertain=self.options.include_uncertain,
+                )
+            )
+            self.tally.skipped += result.skipped
+            if not result.claimed and not result.skipped:
+                return
+            for item in result.claimed:
+                self._held[item.delivery_id] = item.origin
+                self._queue.put_nowait(item)
+            self._claimed += len(result.claimed)
+        # Stopped: the senders see the event; what stays queued is released in _finish.
+
+    # --- sending ---------------------------------------------------------------------------
+
+    async def _next(self) -> store.Claimed | None:
+        if self._again:
+            return self._again.popleft()
+        return await self._queue.get()
+
+    async def _send_loop(self) -> None:
+        while not self.stop.is_set():
+            item = await self._next()
+            if item is None or self.stop.is_set():
+                return
+            try:
+                await self._send_one(item)
+            except MailerError as exc:
+                # Whole-run trouble (relay unreachable, credentials refused ...): this one was
+                # not tried; it is released with the rest.
+                self._fail(exc)
+                return
+
+    async def _send_one(self, item: store.Claimed) -> None:
+        now = self.clock()
+        try:
+            # The Date header counts whole seconds: one folded Date serves a whole second.
+            outgoing = self.factory.make(
+                item.recipient, date=now.replace(microsecond=0), message_id=item.message_id
+            )
+        except InputError as exc:
+            self._record(item, DeliveryState.FAILED, None, f"not sent: {exc.message}", now)
+            return
+        await self._limiter.wait()
+        reply = await self.transport.send(
+            Submission(
+                item.delivery_id,
+                self._sender,
+                item.recipient.address,
+                outgoing.data,
+                item.message_id,
+                outgoing.smtputf8,
+            )
+        )
+        await self._decide(item, reply)
+
+    async def _decide(self, item: store.Claimed, reply: Reply) -> None:
+        now = self.clock()
+        decision = decide(
+            reply,
+            attempts=item.attempts + 1,
+            first_attempt_at=item.first_attempt_at or now,
+            now=now,
+            backoff=self.options.backoff,
+            rng=self.rng,
+        )
+        text = _describe(reply)
+        if decision.throttle:
+            self._throttled += 1
+            if self._throttled >= THROTTLE_LIMIT:
+                self._fail(RelayTemporaryError(
+                    f"the relay {self.transport.description} keeps throttling: "
+                    f"{self._throttled} replies in a row like {text!r}",
+                    hint="nothing was marked failed; run again later, or lower --rate",
+                ))
+        elif reply.accepted:
+            self._throttled = 0
+        if decision.outcome is Outcome.REQUEUED:
+            self.tally.requeued += 1
+            self._again.append(item)
+            if not self.stop.is_set():
+                pause = min(30.0, self.options.throttle_pause * 2 ** max(self._throttled - 1, 0))
+                await asyncio.sleep(pause)
+            return
+        state = DeliveryState(decision.outcome.value)
+        self._record(
+            item, state, reply.code, text, now,
+            next_attempt_at=decision.next_attempt_at,
+            bounce=decision.bounce,
+        )
+
+    def _record(
+        self,
+        item: store.Claimed,
+        state: DeliveryState,
+        code: int | None,
+        reply: str,
+        now: Any,
+        *,
+        next_attempt_at: Any = None,
+        bounce: bool = False,
+    ) -> None:
+        self._results.append(
+            store.Result(
+                item.delivery_id,
+                state,
+                now,
+                code,
+                reply,
+                next_attempt_at,
+                item.recipient.id if bounce else None,
+            )
+        )
+        self.tally.count(Outcome(state.value))
+
+    # --- recording -------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        if not self._results:
+            return
+        batch, self._results = self._results, []
+        await self._in_db(lambda c: store.record(c, self.owner, batch))
+        for result in batch:
+            self._held.pop(result.delivery_id, None)
+
+    async def _record_loop(self) -> None:
+        renew_every = self.options.lease_seconds / 3
+        renewed = time.monotonic()
+        while True:
+            stopping = self.stop.is_set()
+            try:
+                await self._flush()
+                if time.monotonic() - renewed > renew_every and self._held:
+                    renewed = time.monotonic()
+                    now = self.clock()
+                    await self._in_db(partial(
+                        store.renew_leases, owner=self.owner, now=now,
+                        lease_seconds=self.options.lease_seconds))
+            except MailerError as exc:
+                self._fail(exc)
+                return
+            self._report()
+            if stopping:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), FLUSH_SECONDS)
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.tally)
+
+
+def _describe(reply: Reply) -> str:
+    """The reply as stored: `250 2.0.0 Ok: queued as ABC` or what happened instead."""
+    if reply.code is None:
+        where = "after the end of DATA" if reply.stage is Stage.DATA_END else f"at {reply.stage}"
+        return f"no reply {where}: {reply.text}"
+    return f"{reply.code} {reply.text}".strip()

@@ -19,19 +19,22 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from mailer import sending
 from mailer.addresses import AddressError, clean_address
 from mailer.campaign import Campaign, load_campaign
 from mailer.clock import Clock, system_clock
 from mailer.config import Settings
 from mailer.csvsource import CsvSource
+from mailer.dispatch import ProgressFn
 from mailer.errors import InputError, NotFoundError
 from mailer.headers import map_columns, parse_map_options
 from mailer.importing import ImportReport, ImportRun, Progress, open_rejects
 from mailer.messages import MessageFactory, Outgoing
 from mailer.preflight import PreflightReport, preflight
 from mailer.render import Recipient
-from mailer.states import SubscriberStatus
-from mailer.store import meta, stats
+from mailer.sending import RunReport
+from mailer.states import DeliveryState, SubscriberStatus
+from mailer.store import deliveries, meta, stats
 from mailer.store import subscribers as store
 from mailer.store.engine import (
     database_errors,
@@ -119,9 +122,7 @@ def _key_of(email: str) -> str:
 
 
 def token_secret(settings: Settings, connection: Any) -> bytes:
-    if settings.secret:
-        return settings.secret.encode("utf-8")
-    return meta.secret(connection, meta.TOKEN_SECRET)
+    return meta.token_secret(connection, settings.secret)
 
 
 @dataclass(frozen=True)
@@ -297,3 +298,77 @@ def check_database(settings: Settings) -> str:
     with open_database(settings) as engine, read_transaction(engine) as connection:
         connection.execute(text("SELECT 1"))
         return engine.dialect.name
+
+
+# --- send, retry, report ------------------------------------------------------------------
+
+
+def send(
+    settings: Settings,
+    campaign: str,
+    *,
+    dry_run: bool = False,
+    limit: int | None = None,
+    outbox: Path | None = None,
+    accept_changes: bool = False,
+    check_progress: Progress | None = None,
+    progress: ProgressFn | None = None,
+    clock: Clock = system_clock,
+) -> RunReport:
+    """Check, queue and send a campaign (see mailer.sending); nothing is ever sent twice."""
+    if limit is not None and limit < 1:
+        raise InputError("--limit must be at least 1")
+    with open_database(settings) as engine:
+        return sending.send(
+            settings, engine, campaign, dry_run=dry_run, limit=limit, outbox=outbox,
+            accept_changes=accept_changes, check_progress=check_progress, progress=progress,
+            clock=clock,
+        )
+
+
+def retry(
+    settings: Settings,
+    campaign: str | None = None,
+    *,
+    outbox: Path | None = None,
+    progress: ProgressFn | None = None,
+    clock: Clock = system_clock,
+) -> list[RunReport]:
+    """Send what is due (cron); an empty list when nothing is."""
+    with open_database(settings) as engine:
+        return sending.retry(settings, engine, campaign, outbox=outbox, progress=progress,
+                             clock=clock)
+
+
+REPORT_COLUMNS = (
+    "email", "first_name", "last_name", "subscriber_status", "state", "attempts", "last_code",
+    "last_reply", "first_attempt_at", "last_attempt_at", "next_attempt_at", "sent_at",
+    "message_id",
+)
+
+
+def report(
+    settings: Settings, campaign: str, states: list[DeliveryState] | None = None
+) -> Iterator[list[str]]:
+    """The header, then one row per delivery in `states` (default: every one not sent)."""
+    wanted = states or [s for s in DeliveryState if s is not DeliveryState.SENT]
+    with open_database(settings) as engine, read_transaction(engine) as connection:
+        row = deliveries.find_campaign(connection, campaign)
+        if row is None:
+            raise NotFoundError(
+                f"unknown campaign {campaign!r}",
+                hint="a campaign exists once `mailer send CAMPAIGN` has queued it",
+            )
+        yield list(REPORT_COLUMNS)
+        for item in deliveries.report_rows(connection, row.id, wanted):
+            yield [
+                item.email, item.first_name or "", item.last_name or "", item.subscriber_status,
+                item.state, str(item.attempts), "" if item.last_code is None
+                else str(item.last_code), item.last_reply or "",
+                _iso(item.first_attempt_at), _iso(item.updated_at if item.attempts else None),
+                _iso(item.next_attempt_at), _iso(item.sent_at), item.message_id,
+            ]
+
+
+def _iso(moment: Any) -> str:
+    return moment.isoformat(timespec="seconds") if moment else ""

@@ -18,14 +18,24 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from mailer import __version__, api
 from mailer.config import Settings, load_settings
+from mailer.dispatch import ProgressFn, Tally
 from mailer.errors import InputError, MailerError
 from mailer.importing import Progress as ProgressCallback
 from mailer.preflight import PreflightReport
-from mailer.states import SubscriberStatus
+from mailer.reports import write_report
+from mailer.sending import PreflightFailed, RunReport
+from mailer.states import DeliveryState, SubscriberStatus
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -421,6 +431,218 @@ def status_command(
         if item["next_attempt_at"]:
             line += f"; next attempt at {item['next_attempt_at']}"
         out.print(line, markup=False)
+
+
+# --- send, retry, report ------------------------------------------------------------------
+
+
+@contextmanager
+def _send_progress(label: str, enabled: bool) -> Iterator[ProgressFn | None]:
+    """A live bar: done of due, sent/deferred/failed, rate and time left (terminal only)."""
+    if not (enabled and err.is_terminal):
+        yield None
+        return
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("sent {task.fields[sent]} · deferred {task.fields[deferred]} · "
+                   "failed {task.fields[failed]} · {task.fields[rate]:.0f}/s"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None, sent=0, deferred=0, failed=0, rate=0.0)
+
+        def update(tally: Tally) -> None:
+            elapsed = tally.elapsed
+            bar.update(
+                task, completed=tally.done, total=tally.total or None, sent=tally.sent,
+                deferred=tally.deferred, failed=tally.failed + tally.uncertain,
+                rate=tally.done / elapsed if elapsed > 0 else 0.0,
+            )
+
+        yield update
+
+
+def _print_run(report: RunReport) -> None:
+    tally = report.tally
+    if report.dry_run:
+        out.print(
+            f"{report.campaign}: dry run, nothing sent: {report.queued} deliveries would be "
+            f"queued, {report.due} sent.",
+            markup=False,
+        )
+        return
+    rate = tally.done / tally.elapsed if tally.elapsed > 0 else 0.0
+    line = (
+        f"{report.campaign}: {tally.sent} sent, {tally.deferred} deferred, {tally.failed} "
+        f"failed, {tally.uncertain} uncertain, {tally.skipped} skipped"
+    )
+    if report.queued:
+        line += f"; {report.queued} newly queued"
+    if tally.done:
+        line += f"; {tally.elapsed:.1f} s, {rate:.0f} messages/s via {report.transport}"
+    out.print(line + ".", markup=False)
+    counts = report.status.get("counts", {})
+    left = sum(counts.get(s, 0) for s in ("pending", "deferred", "uncertain", "sending"))
+    if tally.interrupted:
+        out.print(f"Stopped: {tally.released} claimed deliveries released; run "
+                  f"`mailer send {report.campaign}` again to continue.", markup=False)
+    elif left:
+        when = report.status.get("next_attempt_at")
+        out.print(
+            f"Still to send: {left}" + (f" (next retry due {when})" if when else "")
+            + f"; `mailer send {report.campaign}` again continues, and `mailer retry` (cron) "
+            "sends each when due.",
+            markup=False,
+        )
+    if tally.uncertain or counts.get("uncertain"):
+        out.print(
+            f"Uncertain: {counts.get('uncertain', tally.uncertain)} (the connection broke after "
+            "the message was transmitted: the relay may have it). `mailer retry` resends them "
+            "with the same Message-ID unless MAILER_UNCERTAIN=hold.",
+            markup=False,
+        )
+
+
+def _exit_if_interrupted(reports: list[RunReport]) -> None:
+    if any(r.tally.interrupted for r in reports):
+        raise typer.Exit(130)
+
+
+@app.command("send")
+def send_command(
+    ctx: typer.Context,
+    campaign: Annotated[
+        str, typer.Argument(help="The campaign: a folder under the templates directory.")
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and count everything; connect to nothing, "
+                           "write nothing.")
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option(help="Send at most N in this run (a first small batch).",
+                                 metavar="N")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="SMTP connections in parallel.", metavar="K")
+    ] = None,
+    rate: Annotated[
+        str | None,
+        typer.Option(help="At most R messages per second, or N/min, N/h.", metavar="R"),
+    ] = None,
+    outbox: Annotated[
+        Path | None,
+        typer.Option(help="Write each message as an .eml file into DIR instead of a relay.",
+                     metavar="DIR"),
+    ] = None,
+    accept_changes: Annotated[
+        bool,
+        typer.Option("--accept-changes", help="The templates changed since the first send: "
+                     "send the rest with the new ones."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Send a campaign: check every message, queue one per active subscriber, send.
+
+    Running it again sends nothing twice and picks up what is left. Ctrl-C stops cleanly:
+    messages in flight finish and are recorded, the rest is released for the next run.
+
+    Example: mailer send closure-notice --limit 10, then: mailer send closure-notice
+    """
+    settings = _global(ctx).settings(concurrency=concurrency, rate=rate)
+    try:
+        with _progress("Checking", not as_json) as check, \
+                _send_progress(f"Sending {campaign}", not as_json) as progress:
+            report = api.send(
+                settings, campaign, dry_run=dry_run, limit=limit, outbox=outbox,
+                accept_changes=accept_changes, check_progress=check, progress=progress,
+            )
+    except PreflightFailed as exc:
+        _print_check(exc.report, as_json=False)
+        raise
+    if as_json:
+        _print_json(report.as_json())
+    else:
+        if report.check is not None and (dry_run or report.check.warnings):
+            _print_check(report.check, as_json=False)
+        _print_run(report)
+    _exit_if_interrupted([report])
+
+
+class UncertainChoice(StrEnum):
+    resend = "resend"
+    hold = "hold"
+
+
+@app.command("retry")
+def retry_command(
+    ctx: typer.Context,
+    campaign: Annotated[
+        str | None, typer.Argument(help="One campaign (default: all).", metavar="CAMPAIGN")
+    ] = None,
+    uncertain: Annotated[
+        UncertainChoice | None,
+        typer.Option(help="Deliveries the relay may already have: resend them (default, same "
+                     "Message-ID) or hold them."),
+    ] = None,
+    outbox: Annotated[
+        Path | None,
+        typer.Option(help="Write the messages into DIR instead of a relay.", metavar="DIR"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Send what is due: deferred deliveries whose time has come, interrupted and uncertain ones.
+
+    Made for cron: exits 0 at once when nothing is due.
+
+    Example: mailer retry --json; in a crontab: */10 * * * * cd /srv/liste && mailer retry
+    """
+    settings = _global(ctx).settings(uncertain=uncertain.value if uncertain else None)
+    with _send_progress("Retrying", not as_json) as progress:
+        reports = api.retry(settings, campaign, outbox=outbox, progress=progress)
+    if as_json:
+        if campaign is not None:
+            _print_json(reports[0].as_json() if reports else api.status(settings, campaign))
+        else:
+            _print_json({"campaigns": [r.as_json() for r in reports]})
+    elif not reports:
+        out.print("Nothing is due.")
+    for report in [] if as_json else reports:
+        _print_run(report)
+    _exit_if_interrupted(reports)
+
+
+@app.command("report")
+def report_command(
+    ctx: typer.Context,
+    campaign: Annotated[str, typer.Argument(help="The campaign.")],
+    state: Annotated[
+        list[DeliveryState] | None,
+        typer.Option(help="Only deliveries in this state (repeatable; default: all but sent).",
+                     metavar="STATE"),
+    ] = None,
+    delimiter: Annotated[
+        str, typer.Option(help="Cell separator: , (default) or ; for a French Excel.",
+                          metavar="D")
+    ] = ",",
+    csv_path: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Write the report to this CSV file (default: standard "
+                     "output).", metavar="OUT.csv"),
+    ] = None,
+) -> None:
+    """Who did not get the message, and why: one CSV row per delivery, ready to act on.
+
+    Example: mailer report closure-notice --state failed --csv echecs.csv
+    """
+    rows = api.report(_global(ctx).settings(), campaign, state)
+    if delimiter not in {",", ";", "\t", "|"}:
+        raise InputError(f"invalid delimiter {delimiter!r}", hint="use , or ; (or a tab, |)")
+    written = write_report(rows, csv_path, delimiter)
+    if csv_path is not None:
+        out.print(f"{written} deliveries written to {csv_path}", markup=False)
 
 
 # --- entry point --------------------------------------------------------------------------

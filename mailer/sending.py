@@ -1,0 +1,362 @@
+"""`mailer send` and `mailer retry`: from a campaign name to a finished run.
+
+send:  load and check the campaign → refuse if its templates changed since it was first sent →
+       pre-flight every message still to send (any problem stops here, before any connection)
+       → create the campaign row (first use) → queue one delivery per active subscriber not
+       yet queued → expire dead workers' leases → run the dispatcher.
+retry: expire leases → find what is due (pending, deferred whose time has come, uncertain
+       unless held) → run the dispatcher per campaign. Exits at once when nothing is due.
+
+Orchestration only: SQL is in `store.deliveries`, the loop in `dispatch`, SMTP in `transport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from mailer.campaign import Campaign, load_campaign
+from mailer.clock import Clock, system_clock
+from mailer.config import Settings
+from mailer.dispatch import Dispatcher, ProgressFn, RunOptions, Tally
+from mailer.errors import ConfigError, InputError, NotFoundError
+from mailer.messages import MessageFactory
+from mailer.models import Delivery
+from mailer.policy import Backoff
+from mailer.preflight import PreflightReport, preflight
+from mailer.render import Recipient
+from mailer.states import DeliveryState
+from mailer.store import deliveries as store
+from mailer.store import meta, stats
+from mailer.store.engine import read_transaction, write_transaction
+from mailer.transport import Transport
+
+CheckProgress = Callable[[int, int], None]
+
+
+class PreflightFailed(InputError):
+    """Some messages cannot be made: nothing was sent. Carries the pre-flight report."""
+
+    def __init__(self, report: PreflightReport) -> None:
+        super().__init__(
+            f"{report.problem_count} of {report.checked} messages of {report.campaign!r} "
+            "cannot be made; nothing was sent",
+            hint=f"see the problems above, or run: mailer preview {report.campaign} --check",
+        )
+        self.report = report
+
+
+@dataclass
+class RunReport:
+    """One campaign's run: what the pre-flight found, what was queued and sent."""
+
+    campaign: str
+    transport: str = ""
+    dry_run: bool = False
+    queued: int = 0  # deliveries added to the queue by this run
+    due: int = 0  # deliveries to send when the run started
+    check: PreflightReport | None = None
+    tally: Tally = field(default_factory=Tally)
+    status: dict[str, Any] = field(default_factory=dict)  # the contract's status shape after
+
+    def as_json(self) -> dict[str, Any]:
+        """The contract's status shape, plus what this run did (extra keys)."""
+        data = dict(self.status) or {"campaign": self.campaign}
+        data["run"] = {
+            "dry_run": self.dry_run,
+            "queued": self.queued,
+            "due": self.due,
+            "sent": self.tally.sent,
+            "deferred": self.tally.deferred,
+            "failed": self.tally.failed,
+            "uncertain": self.tally.uncertain,
+            "skipped": self.tally.skipped,
+            "released": self.tally.released,
+            "interrupted": self.tally.interrupted,
+            "seconds": round(self.tally.elapsed, 3),
+        }
+        return data
+
+
+def fingerprint(campaign: Campaign) -> str:
+    """What a campaign's messages are made of: template sources, sender and links."""
+    parts = [
+        campaign.digest,
+        str(campaign.sender),
+        str(campaign.reply_to or ""),
+        campaign.list_id or "",
+        campaign.unsubscribe_url or "",
+        campaign.unsubscribe_mailto or "",
+    ]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _snapshot(campaign: Campaign) -> dict[str, Any]:
+    return {
+        "digest": campaign.digest,
+        "sender": str(campaign.sender),
+        "reply_to": str(campaign.reply_to or ""),
+        "list_id": campaign.list_id,
+        "unsubscribe_url": campaign.unsubscribe_url,
+        "unsubscribe_mailto": campaign.unsubscribe_mailto,
+    }
+
+
+def _check_unchanged(row: store.CampaignRow | None, current: str, *, accept: bool) -> None:
+    if row is None or row.fingerprint == current or accept:
+        return
+    raise InputError(
+        f"the campaign {row.name!r} has changed since it was first sent on "
+        f"{row.created_at:%Y-%m-%d %H:%M} UTC (templates, sender or unsubscribe links): "
+        "its remaining deliveries would differ from those already sent",
+        hint=f"restore the templates, or send the rest with the new ones: "
+        f"mailer send {row.name} --accept-changes",
+    )
+
+
+def open_transport(settings: Settings, outbox: Path | None, concurrency: int) -> Transport:
+    """The relay pool, or the outbox folder; ConfigError (with a hint) when neither is set."""
+    # Imported here: commands that send nothing do not load aiosmtplib.
+    from mailer.outbox import OutboxTransport
+    from mailer.transport import SmtpPool
+
+    if outbox is not None:
+        return OutboxTransport(outbox)
+    if not settings.smtp_host:
+        raise ConfigError(
+            "no relay configured: MAILER_SMTP_HOST is not set",
+            hint="set MAILER_SMTP_HOST (and MAILER_SMTP_PORT, MAILER_SMTP_SECURITY), or write "
+            "the messages to a folder instead: --outbox DIR",
+        )
+    return SmtpPool(settings, concurrency=concurrency)
+
+
+def _factory(campaign: Campaign, secret: bytes, nonce: str) -> MessageFactory:
+    return MessageFactory(campaign, secret, nonce)
+
+
+def run_options(settings: Settings, *, limit: int | None, include_uncertain: bool) -> RunOptions:
+    return RunOptions(
+        concurrency=settings.concurrency,
+        rate=settings.rate,
+        limit=limit,
+        include_uncertain=include_uncertain,
+        lease_seconds=settings.lease_seconds,
+        backoff=Backoff(settings.retry_base_delay, settings.retry_max_delay,
+                        settings.retry_max_age),
+    )
+
+
+def count_due(connection: Any, campaign_id: int, now: Any, include_uncertain: bool) -> int:
+    states = [DeliveryState.PENDING.value]
+    if include_uncertain:
+        states.append(DeliveryState.UNCERTAIN.value)
+    return int(
+        connection.scalar(
+            select(func.count()).select_from(Delivery).where(
+                Delivery.campaign_id == campaign_id, Delivery.state.in_(states)
+            )
+        ) or 0
+    ) + int(
+        connection.scalar(
+            select(func.count()).select_from(Delivery).where(
+                Delivery.campaign_id == campaign_id,
+                Delivery.state == DeliveryState.DEFERRED.value,
+                Delivery.next_attempt_at <= now,
+            )
+        ) or 0
+    )
+
+
+@contextlib.contextmanager
+def _stop_on_signals(dispatcher: Dispatcher) -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop claiming; what is in flight finishes and is recorded."""
+    loop = asyncio.get_running_loop()
+    installed = []
+
+    def stop() -> None:
+        dispatcher.tally.interrupted = True
+        dispatcher.stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop)
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (tests call this from threads): no handler
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+def run_dispatcher(dispatcher: Dispatcher, total: int) -> Tally:
+    async def main() -> Tally:
+        with _stop_on_signals(dispatcher):
+            return await dispatcher.run(total)
+
+    return asyncio.run(main())
+
+
+def _secret(settings: Settings, connection: Any) -> bytes:
+    return meta.token_secret(connection, settings.secret)
+
+
+def send(
+    settings: Settings,
+    engine: Engine,
+    name: str,
+    *,
+    dry_run: bool = False,
+    limit: int | None = None,
+    outbox: Path | None = None,
+    accept_changes: bool = False,
+    check_progress: CheckProgress | None = None,
+    progress: ProgressFn | None = None,
+    clock: Clock = system_clock,
+    owner: str | None = None,
+) -> RunReport:
+    campaign = load_campaign(settings, name)
+    current = fingerprint(campaign)
+    transport = None if dry_run else open_transport(settings, outbox, settings.concurrency)
+    report = RunReport(name, transport.description if transport else "", dry_run=dry_run)
+    with write_transaction(engine) as connection:
+        secret = _secret(settings, connection)
+        row = store.find_campaign(connection, name)
+    _check_unchanged(row, current, accept=accept_changes)
+
+    with read_transaction(engine) as connection:
+        campaign_id = row.id if row else None
+        to_check = store.count_unqueued(connection, campaign_id)
+        if campaign_id is not None:
+            to_check += count_due(connection, campaign_id, clock(), True)
+        recipients = (
+            Recipient.from_row(r) for r in store.unsent_recipients(connection, campaign_id)
+        )
+        factory = _factory(campaign, secret, row.nonce if row else "preflight")
+        report.check = preflight(
+            factory, recipients, date=clock(), total=to_check, progress=check_progress
+        )
+    if not report.check.ok:
+        raise PreflightFailed(report.check)
+    if dry_run:
+        with read_transaction(engine) as connection:
+            report.queued = store.count_unqueued(connection, campaign_id)
+            report.due = report.queued + (
+                count_due(connection, campaign_id, clock(), True) if campaign_id else 0
+            )
+            report.status = (
+                stats.campaign_status(connection, name) or _empty_status(name)
+            )
+        return report
+
+    assert transport is not None
+    include_uncertain = settings.uncertain == "resend"
+    with write_transaction(engine) as connection:
+        now = clock()
+        if row is None:
+            row = store.create_campaign(
+                connection, name, fingerprint=current, nonce=secrets.token_hex(6),
+                sender=campaign.sender.addr_spec, snapshot=_snapshot(campaign), now=now,
+            )
+            _check_unchanged(row, current, accept=False)  # another process created it first
+        elif row.fingerprint != current:
+            store.accept_changes(connection, row.id, current, _snapshot(campaign), now)
+        report.queued = store.enqueue(connection, row, campaign.sender_domain, now)
+        store.expire_leases(connection, now, row.id)
+        report.due = count_due(connection, row.id, now, include_uncertain)
+    report.tally = _run(engine, row, _factory(campaign, secret, row.nonce), transport, settings,
+                        limit=limit, include_uncertain=include_uncertain, progress=progress,
+                        clock=clock, owner=owner, total=report.due)
+    with read_transaction(engine) as connection:
+        report.status = stats.campaign_status(connection, name) or _empty_status(name)
+    return report
+
+
+def _run(
+    engine: Engine,
+    row: store.CampaignRow,
+    factory: MessageFactory,
+    transport: Transport,
+    settings: Settings,
+    *,
+    limit: int | None,
+    include_uncertain: bool,
+    progress: ProgressFn | None,
+    clock: Clock,
+    owner: str | None,
+    total: int,
+) -> Tally:
+    if total == 0:
+        return Tally()
+    dispatcher = Dispatcher(
+        engine, row.id, factory, transport,
+        run_options(settings, limit=limit, include_uncertain=include_uncertain),
+        clock=clock, owner=owner, progress=progress,
+    )
+    return run_dispatcher(dispatcher, min(total, limit) if limit else total)
+
+
+def _empty_status(name: str) -> dict[str, Any]:
+    return {"campaign": name, "total": 0,
+            "counts": {state.value: 0 for state in DeliveryState}, "next_attempt_at": None}
+
+
+def retry(
+    settings: Settings,
+    engine: Engine,
+    name: str | None = None,
+    *,
+    outbox: Path | None = None,
+    progress: ProgressFn | None = None,
+    clock: Clock = system_clock,
+    owner: str | None = None,
+) -> list[RunReport]:
+    """Send what is due in one campaign, or in every campaign; [] when nothing is due."""
+    include_uncertain = settings.uncertain == "resend"
+    with write_transaction(engine) as connection:
+        now = clock()
+        store.expire_leases(connection, now)
+        if name is not None and store.find_campaign(connection, name) is None:
+            raise NotFoundError(
+                f"unknown campaign {name!r}",
+                hint=f"a campaign exists once `mailer send {name}` has queued it",
+            )
+        due = store.due_campaigns(connection, now, include_uncertain=include_uncertain)
+        secret = _secret(settings, connection)
+    names = [n for n in due if name is None or n == name]
+    reports: list[RunReport] = []
+    if not names:
+        return reports
+    open_transport(settings, outbox, settings.concurrency)  # a missing relay: refuse first
+    for campaign_name in names:
+        campaign = load_campaign(settings, campaign_name)
+        transport = open_transport(settings, outbox, settings.concurrency)
+        with read_transaction(engine) as connection:
+            row = store.find_campaign(connection, campaign_name)
+            assert row is not None
+            _check_unchanged(row, fingerprint(campaign), accept=False)
+            total = count_due(connection, row.id, clock(), include_uncertain)
+        report = RunReport(campaign_name, transport.description, due=total)
+        report.tally = _run(
+            engine, row, _factory(campaign, secret, row.nonce), transport, settings,
+            limit=None, include_uncertain=include_uncertain,
+            progress=progress,
+            clock=clock, owner=owner, total=total,
+        )
+        with read_transaction(engine) as connection:
+            report.status = stats.campaign_status(connection, campaign_name) or {}
+        reports.append(report)
+        if report.tally.interrupted:
+            break
+    return reports

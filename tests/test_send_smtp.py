@@ -122,7 +122,9 @@ def test_held_uncertain_deliveries_are_not_resent(relay, smtp_server) -> None:  
     assert status(cli)["counts"]["uncertain"] == 1
 
 
-def test_an_unreachable_relay_stops_the_run_and_marks_nobody(relay, smtp_server, closed_port) -> None:  # type: ignore[no-untyped-def]
+def test_an_unreachable_relay_stops_the_run_and_marks_nobody(  # type: ignore[no-untyped-def]
+    relay, smtp_server, closed_port
+) -> None:
     smtp_server.port = closed_port
     cli = relay(smtp_server, [f"ok{i}@asso.fr" for i in range(5)])
     result = cli("send", "closure-notice")

@@ -528,6 +528,10 @@ def send_command(
     concurrency: Annotated[
         int | None, typer.Option(help="SMTP connections in parallel.", metavar="K")
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Sending processes, one core each (the K connections "
+                                 "and the rate are shared among them).", metavar="N")
+    ] = None,
     rate: Annotated[
         str | None,
         typer.Option(help="At most R messages per second, or N/min, N/h.", metavar="R"),
@@ -551,7 +555,7 @@ def send_command(
 
     Example: mailer send closure-notice --limit 10, then: mailer send closure-notice
     """
-    settings = _global(ctx).settings(concurrency=concurrency, rate=rate)
+    settings = _global(ctx).settings(concurrency=concurrency, rate=rate, workers=workers)
     try:
         with _progress("Checking", not as_json) as check, \
                 _send_progress(f"Sending {campaign}", not as_json) as progress:
@@ -560,7 +564,7 @@ def send_command(
                 accept_changes=accept_changes, check_progress=check, progress=progress,
             )
     except PreflightFailed as exc:
-        _print_check(exc.report, as_json=False)
+        _print_check(exc.report, as_json=as_json)
         raise
     if as_json:
         _print_json(report.as_json())
@@ -591,6 +595,9 @@ def retry_command(
         Path | None,
         typer.Option(help="Write the messages into DIR instead of a relay.", metavar="DIR"),
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Sending processes, one core each.", metavar="N")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
     """Send what is due: deferred deliveries whose time has come, interrupted and uncertain ones.
@@ -599,7 +606,9 @@ def retry_command(
 
     Example: mailer retry --json; in a crontab: */10 * * * * cd /srv/liste && mailer retry
     """
-    settings = _global(ctx).settings(uncertain=uncertain.value if uncertain else None)
+    settings = _global(ctx).settings(
+        uncertain=uncertain.value if uncertain else None, workers=workers
+    )
     with _send_progress("Retrying", not as_json) as progress:
         reports = api.retry(settings, campaign, outbox=outbox, progress=progress)
     if as_json:

@@ -97,6 +97,7 @@ class Settings:
     retry_max_age: float = 345600.0
     lease_seconds: float = 600.0
     concurrency: int = 4
+    workers: int = 1  # sending processes on this machine (each uses a core)
     rate: Rate | None = None
     uncertain: Uncertain = "resend"
     config_file: Path | None = None
@@ -128,12 +129,18 @@ _KEYS: dict[str, str] = {
     "retry_max_age": "retry_max_age",
     "lease_seconds": "lease_seconds",
     "concurrency": "concurrency",
+    "workers": "workers",
     "rate": "rate",
     "uncertain": "uncertain",
 }
 
 
-_INT_RANGES = {"smtp_port": (1, 65535), "concurrency": (1, 1000), "smtp_max_messages": (1, 10**6)}
+_INT_RANGES = {
+    "smtp_port": (1, 65535),
+    "concurrency": (1, 1000),
+    "workers": (1, 64),
+    "smtp_max_messages": (1, 10**6),
+}
 _SECONDS = frozenset({
     "retry_base_delay", "retry_max_delay", "retry_max_age", "lease_seconds",
     "smtp_timeout", "smtp_data_timeout",

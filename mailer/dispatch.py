@@ -138,6 +138,7 @@ class Dispatcher:
         self.clock = clock
         self.owner = owner or worker_name()
         self.progress = progress
+        self.on_signal: Callable[[int], None] | None = None  # also told of Ctrl-C / SIGTERM
         self.rng = rng or random.Random()
         self.tally = Tally()
         self.stop = asyncio.Event()

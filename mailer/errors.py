@@ -6,7 +6,8 @@
     ├── ConfigError               exit 78  bad configuration (settings, secrets, credentials, TLS)
     ├── SchemaError               exit 78  database of another schema than this code knows
     ├── DatabaseError             exit 75  the database could not be reached or is locked; try again
-    └── RelayTemporaryError       exit 75  the relay is unreachable or throttling the whole run
+    ├── RelayTemporaryError       exit 75  the relay is unreachable or throttling the whole run
+    └── WorkerError               exit 75  a sending worker process died; retry resends its share
 
 Foreign exceptions (csv, SQLAlchemy, jinja2, aiosmtplib) are translated once, where they are
 raised, with `raise ... from exc`; the message names the file and line, or the host. Bugs are
@@ -59,5 +60,11 @@ class DatabaseError(MailerError):
 
 class RelayTemporaryError(MailerError):
     """The relay is unreachable, timing out or throttling the whole run: run again later."""
+
+    exit_code = EX_TEMPFAIL
+
+
+class WorkerError(MailerError):
+    """A sending worker process died: what it held is retried once its lease expires."""
 
     exit_code = EX_TEMPFAIL

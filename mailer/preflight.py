@@ -63,6 +63,20 @@ class PreflightReport:
     def ok(self) -> bool:
         return self.problem_count == 0
 
+    def merge(self, other: PreflightReport) -> None:
+        """Add the report of another share of the same list (a worker process's)."""
+        self.checked += other.checked
+        self.ready += other.ready
+        self.problem_count += other.problem_count
+        self.problems = (self.problems + other.problems)[:KEPT_PROBLEMS]
+        self.reasons.update(other.reasons)
+        self.domains.update(other.domains)
+        self.smtputf8 += other.smtputf8
+        self.largest = max(self.largest, other.largest)
+        self.total_bytes += other.total_bytes
+        self.warnings += [w for w in other.warnings if w not in self.warnings]
+        self.seconds = max(self.seconds, other.seconds)
+
     def add_problem(self, email: str, reason: str) -> None:
         self.problem_count += 1
         self.reasons[reason] += 1

@@ -18,7 +18,7 @@ import hashlib
 import secrets
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from sqlalchemy import Engine, func, select
 
 from mailer.campaign import Campaign, load_campaign
 from mailer.clock import Clock, system_clock
-from mailer.config import Settings
+from mailer.config import Rate, Settings
 from mailer.dispatch import Dispatcher, ProgressFn, RunOptions, Tally
 from mailer.errors import ConfigError, InputError, NotFoundError
 from mailer.messages import MessageFactory
@@ -39,6 +39,7 @@ from mailer.store import deliveries as store
 from mailer.store import meta, stats
 from mailer.store.engine import read_transaction, write_transaction
 from mailer.transport import Transport
+from mailer.workers import check_in_workers, run_workers
 
 CheckProgress = Callable[[int, int], None]
 
@@ -84,6 +85,8 @@ class RunReport:
             "interrupted": self.tally.interrupted,
             "seconds": round(self.tally.elapsed, 3),
         }
+        if self.check is not None:
+            data["preflight"] = self.check.as_json()
         return data
 
 
@@ -183,13 +186,15 @@ def _stop_on_signals(dispatcher: Dispatcher) -> Iterator[None]:
     loop = asyncio.get_running_loop()
     installed = []
 
-    def stop() -> None:
+    def stop(signum: int) -> None:
         dispatcher.tally.interrupted = True
         dispatcher.stop.set()
+        if dispatcher.on_signal is not None:
+            dispatcher.on_signal(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(signum, stop)
+            loop.add_signal_handler(signum, stop, signum)
             installed.append(signum)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (tests call this from threads): no handler
@@ -235,18 +240,28 @@ def send(
         row = store.find_campaign(connection, name)
     _check_unchanged(row, current, accept=accept_changes)
 
+    campaign_id = row.id if row else None
     with read_transaction(engine) as connection:
-        campaign_id = row.id if row else None
         to_check = store.count_unqueued(connection, campaign_id)
         if campaign_id is not None:
             to_check += count_due(connection, campaign_id, clock(), True)
-        recipients = (
-            Recipient.from_row(r) for r in store.unsent_recipients(connection, campaign_id)
-        )
-        factory = _factory(campaign, secret, row.nonce if row else "preflight")
-        report.check = preflight(
-            factory, recipients, date=clock(), total=to_check, progress=check_progress
-        )
+    factory = _factory(campaign, secret, row.nonce if row else "preflight")
+    date = clock()
+
+    def check(index: int, count: int, check_engine: Engine,
+              progress: CheckProgress | None) -> PreflightReport:
+        with read_transaction(check_engine) as connection:
+            recipients = (
+                Recipient.from_row(r)
+                for r in store.unsent_recipients(connection, campaign_id, (index, count))
+            )
+            return preflight(factory, recipients, date=date, total=to_check, progress=progress)
+
+    workers = min(settings.workers, max(1, to_check // 2000))
+    report.check = (
+        check(0, 1, engine, check_progress) if workers <= 1
+        else check_in_workers(engine, workers, check, check_progress)
+    )
     if not report.check.ok:
         raise PreflightFailed(report.check)
     if dry_run:
@@ -275,7 +290,7 @@ def send(
         report.queued = store.enqueue(connection, row, campaign.sender_domain, now)
         store.expire_leases(connection, now, row.id)
         report.due = count_due(connection, row.id, now, include_uncertain)
-    report.tally = _run(engine, row, _factory(campaign, secret, row.nonce), transport, settings,
+    report.tally = _run(engine, row, _factory(campaign, secret, row.nonce), settings, outbox,
                         limit=limit, include_uncertain=include_uncertain, progress=progress,
                         clock=clock, owner=owner, total=report.due)
     with read_transaction(engine) as connection:
@@ -287,8 +302,8 @@ def _run(
     engine: Engine,
     row: store.CampaignRow,
     factory: MessageFactory,
-    transport: Transport,
     settings: Settings,
+    outbox: Path | None,
     *,
     limit: int | None,
     include_uncertain: bool,
@@ -297,14 +312,26 @@ def _run(
     owner: str | None,
     total: int,
 ) -> Tally:
+    """One dispatcher, or `settings.workers` of them in as many processes."""
     if total == 0:
         return Tally()
-    dispatcher = Dispatcher(
-        engine, row.id, factory, transport,
-        run_options(settings, limit=limit, include_uncertain=include_uncertain),
-        clock=clock, owner=owner, progress=progress,
-    )
-    return run_dispatcher(dispatcher, min(total, limit) if limit else total)
+    options = run_options(settings, limit=limit, include_uncertain=include_uncertain)
+
+    def build(index: int, worker_engine: Engine, connections: int, share: float) -> Dispatcher:
+        rate = settings.rate
+        return Dispatcher(
+            worker_engine, row.id, factory, open_transport(settings, outbox, connections),
+            replace(options, concurrency=connections,
+                    rate=Rate(rate.count * share, rate.seconds) if rate else None),
+            clock=clock, owner=owner if index == 0 else None, progress=progress,
+        )
+
+    workers = min(settings.workers, settings.concurrency, max(1, total // 100))
+    if workers <= 1 or limit is not None:
+        return run_dispatcher(build(0, engine, settings.concurrency, 1.0),
+                              min(total, limit) if limit else total)
+    return run_workers(engine, workers, settings.concurrency, total, build, run_dispatcher,
+                       progress)
 
 
 def _empty_status(name: str) -> dict[str, Any]:
@@ -341,15 +368,15 @@ def retry(
     open_transport(settings, outbox, settings.concurrency)  # a missing relay: refuse first
     for campaign_name in names:
         campaign = load_campaign(settings, campaign_name)
-        transport = open_transport(settings, outbox, settings.concurrency)
+        description = open_transport(settings, outbox, settings.concurrency).description
         with read_transaction(engine) as connection:
             row = store.find_campaign(connection, campaign_name)
             assert row is not None
             _check_unchanged(row, fingerprint(campaign), accept=False)
             total = count_due(connection, row.id, clock(), include_uncertain)
-        report = RunReport(campaign_name, transport.description, due=total)
+        report = RunReport(campaign_name, description, due=total)
         report.tally = _run(
-            engine, row, _factory(campaign, secret, row.nonce), transport, settings,
+            engine, row, _factory(campaign, secret, row.nonce), settings, outbox,
             limit=None, include_uncertain=include_uncertain,
             progress=progress,
             clock=clock, owner=owner, total=total,

@@ -207,3 +207,22 @@ def test_help_has_an_example(cli, command: str) -> None:  # type: ignore[no-unty
     result = cli(command, "--help")
     assert result.code == 0
     assert "Example: mailer" in result.stdout
+
+
+def test_two_workers_check_the_list_in_two_halves(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    shutil.copytree(REPO_TEMPLATES, tmp_path / "templates")
+    body = tmp_path / "templates" / "closure-notice" / "body.txt"
+    body.write_text(body.read_text(encoding="utf-8").replace(
+        "{% endblock %}", "{{ 100 // (subscriber.attributes.n | int) }}{% endblock %}"), "utf-8")
+    rows = [f"p{i}@asso.fr,{0 if i in (10, 11) else 1}" for i in range(4100)]
+    (tmp_path / "big.csv").write_text("email,n\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    assert cli("import", "big.csv", "--attribute", "n").code == 0
+    single = cli("send", "closure-notice", "--dry-run", "--json", "--outbox", "out")
+    double = cli("send", "closure-notice", "--dry-run", "--workers", "2", "--outbox", "out")
+    assert single.code == double.code == 1
+    for result in (single, double):
+        assert "2 of 4100 messages of 'closure-notice' cannot be made" in result.stderr
+    problems = sorted(line for line in double.stdout.splitlines() if line.startswith("Problem"))
+    assert problems == [f"Problem: p{i}@asso.fr: {problems[0].split(': ', 2)[2]}"
+                        for i in (10, 11)]
+    assert "4098 of 4100 messages ready" in double.stdout

@@ -210,3 +210,33 @@ def test_rate_limit_spreads_the_messages(relay, smtp_server) -> None:  # type: i
     assert time.monotonic() - started >= 5 / 20
     assert len(smtp_server.messages) == 6
     assert cli("send", "closure-notice", "--rate", "fast").code == 78
+
+
+def test_several_worker_processes_share_the_list(relay, smtp_server) -> None:  # type: ignore[no-untyped-def]
+    addresses = [f"ok{i}@asso.fr" for i in range(300)] + ["reject@asso.fr", "temp@asso.fr"]
+    cli = relay(smtp_server, addresses)
+    result = cli("send", "closure-notice", "--workers", "2", "--concurrency", "4", "--json")
+    assert result.code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["run"]["sent"] == 300
+    assert (data["run"]["failed"], data["run"]["deferred"]) == (1, 1)
+    assert data["counts"]["sent"] == 300
+    copies = smtp_server.copies_by_recipient()
+    assert all(copies[a] == 1 for a in addresses[:300])
+    assert smtp_server.max_concurrent_transactions <= 4  # connections shared out, not multiplied
+    owners = {row for row in _workers_in_attempts(cli)}
+    assert len(owners) == 2
+
+
+def _workers_in_attempts(cli: Any) -> set[str]:
+    import os
+
+    from sqlalchemy import create_engine, select
+
+    from mailer.models import Attempt
+
+    engine = create_engine(os.environ["MAILER_DATABASE_URL"])
+    with engine.connect() as connection:
+        found = set(connection.scalars(select(Attempt.worker)))
+    engine.dispose()
+    return found

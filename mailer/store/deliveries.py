@@ -160,9 +160,17 @@ def count_unqueued(connection: Connection, campaign_id: int | None) -> int:
     return int(connection.scalar(query) or 0)
 
 
-def unsent_recipients(connection: Connection, campaign_id: int | None) -> Iterator[Any]:
-    """Active subscribers this campaign may still send to, streamed: what a pre-flight checks."""
+def unsent_recipients(
+    connection: Connection, campaign_id: int | None, shard: tuple[int, int] = (0, 1)
+) -> Iterator[Any]:
+    """Active subscribers this campaign may still send to, streamed: what a pre-flight checks.
+
+    `shard` (i, n) keeps the i-th of n shares (by id), for n processes checking at once.
+    """
     query = select(Subscriber).where(Subscriber.status == ACTIVE).order_by(Subscriber.id)
+    index, count = shard
+    if count > 1:
+        query = query.where(Subscriber.id % count == index)
     if campaign_id is not None:
         done = exists().where(
             Delivery.campaign_id == campaign_id,

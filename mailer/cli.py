@@ -8,6 +8,7 @@ error, and only on a terminal.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -507,8 +508,10 @@ def _print_run(report: RunReport) -> None:
 
 
 def _exit_if_interrupted(reports: list[RunReport]) -> None:
-    if any(r.tally.interrupted for r in reports):
-        raise typer.Exit(130)
+    """128 + the signal, as a shell reports it: 130 after Ctrl-C, 143 after SIGTERM."""
+    for report in reports:
+        if report.tally.interrupted:
+            raise typer.Exit(128 + (report.tally.signal or signal.SIGINT))
 
 
 @app.command("send")

@@ -68,6 +68,7 @@ class Tally:
     requeued: int = 0
     started: float = 0.0
     interrupted: bool = False
+    signal: int = 0  # the signal that stopped the run (SIGINT, SIGTERM), if any
 
     @property
     def done(self) -> int:

@@ -188,6 +188,7 @@ def _stop_on_signals(dispatcher: Dispatcher) -> Iterator[None]:
 
     def stop(signum: int) -> None:
         dispatcher.tally.interrupted = True
+        dispatcher.tally.signal = signum
         dispatcher.stop.set()
         if dispatcher.on_signal is not None:
             dispatcher.on_signal(signum)

@@ -118,7 +118,8 @@ def run_workers(
 
     def merged(own: Tally) -> Tally:
         drain()
-        combined = Tally(total=own.total, started=own.started, interrupted=own.interrupted)
+        combined = Tally(total=own.total, started=own.started, interrupted=own.interrupted,
+                         signal=own.signal)
         for tally in [own, *latest.values()]:
             for name in _COUNTS:
                 setattr(combined, name, getattr(combined, name) + getattr(tally, name))

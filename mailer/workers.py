@@ -137,13 +137,15 @@ def run_workers(
 
     own_dispatcher = build(0, engine, connections[0], connections[0] / concurrency)
     own_dispatcher.progress = report
-    previous = signal.signal(signal.SIGTERM, forward)
+    own_dispatcher.on_signal = lambda signum: forward(signum, None)  # during the loop
+    previous = signal.signal(signal.SIGTERM, forward)  # before and after it
     own: Tally | None = None
     try:
         try:
             own = run(own_dispatcher, total)
         except MailerError as exc:
             errors.insert(0, exc)
+        signal.signal(signal.SIGTERM, forward)  # the loop's removal reset it to the default
         for child in children:
             while child.is_alive() or child.exitcode is None:
                 drain()

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -66,6 +67,7 @@ class Tally:
     skipped: int = 0
     released: int = 0
     requeued: int = 0
+    lost: int = 0  # claimed, then not sent: the lease ran out first (a paused process)
     started: float = 0.0
     interrupted: bool = False
     signal: int = 0  # the signal that stopped the run (SIGINT, SIGTERM), if any
@@ -148,6 +150,10 @@ class Dispatcher:
         self._queue: asyncio.Queue[store.Claimed | None] = asyncio.Queue()
         self._again: deque[store.Claimed] = deque()  # requeued after a 421
         self._held: dict[int, DeliveryState] = {}  # claimed and not yet recorded
+        # When each held delivery's lease ends, as far as this worker knows: it is never sent
+        # once that is near, since another worker may have taken it over (a process paused
+        # longer than its lease, say). Moved on by each renewal that finds it still ours.
+        self._lease_ends: dict[int, datetime] = {}
         self._results: list[store.Result] = []
         self._claimed = 0
         self._throttled = 0
@@ -251,8 +257,10 @@ class Dispatcher:
             self.tally.skipped += result.skipped
             if not result.claimed and not result.skipped:
                 return
+            lease_ends = now + timedelta(seconds=self.options.lease_seconds)
             for item in result.claimed:
                 self._held[item.delivery_id] = item.origin
+                self._lease_ends[item.delivery_id] = lease_ends
                 self._queue.put_nowait(item)
             self._claimed += len(result.claimed)
         # Stopped: the senders see the event; what stays queued is released in _finish.
@@ -288,6 +296,9 @@ class Dispatcher:
             self._record(item, DeliveryState.FAILED, None, f"not sent: {exc.message}", now)
             return
         await self._limiter.wait()
+        if not self._still_ours(item):
+            self.tally.lost += 1
+            return  # left held: released at the end if it is still ours after all
         reply = await self.transport.send(
             Submission(
                 item.delivery_id,
@@ -359,6 +370,27 @@ class Dispatcher:
         )
         self.tally.count(Outcome(state.value))
 
+    def _still_ours(self, item: store.Claimed) -> bool:
+        """Whether the lease leaves time to send it: a margin of a tenth of the lease
+        (at most 30 s) before it ends, for the transaction itself."""
+        margin = timedelta(seconds=min(30.0, self.options.lease_seconds / 10))
+        ends = self._lease_ends.get(item.delivery_id)
+        return ends is not None and self.clock() + margin < ends
+
+    async def _renew(self) -> None:
+        now = self.clock()
+        ours = await self._in_db(partial(
+            store.renew_leases, owner=self.owner, now=now,
+            lease_seconds=self.options.lease_seconds))
+        ends = now + timedelta(seconds=self.options.lease_seconds)
+        for delivery_id in list(self._lease_ends):
+            if delivery_id in ours:
+                self._lease_ends[delivery_id] = ends
+            elif delivery_id in self._held:
+                # Taken over: not ours to send, record or release any more.
+                del self._lease_ends[delivery_id]
+                del self._held[delivery_id]
+
     # --- recording -------------------------------------------------------------------------
 
     async def _flush(self) -> None:
@@ -368,6 +400,7 @@ class Dispatcher:
         await self._in_db(lambda c: store.record(c, self.owner, batch))
         for result in batch:
             self._held.pop(result.delivery_id, None)
+            self._lease_ends.pop(result.delivery_id, None)
 
     async def _record_loop(self) -> None:
         renew_every = self.options.lease_seconds / 3
@@ -378,10 +411,7 @@ class Dispatcher:
                 await self._flush()
                 if time.monotonic() - renewed > renew_every and self._held:
                     renewed = time.monotonic()
-                    now = self.clock()
-                    await self._in_db(partial(
-                        store.renew_leases, owner=self.owner, now=now,
-                        lease_seconds=self.options.lease_seconds))
+                    await self._renew()
             except MailerError as exc:
                 self._fail(exc)
                 return

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import secrets
 import signal
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from mailer.campaign import Campaign, load_campaign
 from mailer.clock import Clock, system_clock
@@ -37,7 +38,7 @@ from mailer.render import Recipient
 from mailer.states import DeliveryState
 from mailer.store import deliveries as store
 from mailer.store import meta, stats
-from mailer.store.engine import read_transaction, write_transaction
+from mailer.store.engine import LOCK_TIMEOUT_MS, read_transaction, write_transaction
 from mailer.transport import Transport
 from mailer.workers import check_in_workers, run_workers
 
@@ -187,6 +188,12 @@ def _stop_on_signals(dispatcher: Dispatcher) -> Iterator[None]:
     installed = []
 
     def stop(signum: int) -> None:
+        if dispatcher.stop.is_set() and dispatcher.tally.signal:
+            # A second Ctrl-C: leave now, without waiting for a slow relay. What is held
+            # stays `sending` and becomes `uncertain` when its lease expires: safe.
+            os.write(2, b"Stopped at once: the deliveries in flight become uncertain and "
+                        b"`mailer retry` resends them once their lease expires.\n")
+            os._exit(128 + signum)
         dispatcher.tally.interrupted = True
         dispatcher.tally.signal = signum
         dispatcher.stop.set()
@@ -236,67 +243,109 @@ def send(
     current = fingerprint(campaign)
     transport = None if dry_run else open_transport(settings, outbox, settings.concurrency)
     report = RunReport(name, transport.description if transport else "", dry_run=dry_run)
-    with write_transaction(engine) as connection:
-        secret = _secret(settings, connection)
-        row = store.find_campaign(connection, name)
-    _check_unchanged(row, current, accept=accept_changes)
-
-    campaign_id = row.id if row else None
-    with read_transaction(engine) as connection:
-        to_check = store.count_unqueued(connection, campaign_id)
-        if campaign_id is not None:
-            to_check += count_due(connection, campaign_id, clock(), True)
-    factory = _factory(campaign, secret, row.nonce if row else "preflight")
-    date = clock()
-
-    def check(index: int, count: int, check_engine: Engine,
-              progress: CheckProgress | None) -> PreflightReport:
-        with read_transaction(check_engine) as connection:
-            recipients = (
-                Recipient.from_row(r)
-                for r in store.unsent_recipients(connection, campaign_id, (index, count))
-            )
-            return preflight(factory, recipients, date=date, total=to_check, progress=progress)
-
-    workers = min(settings.workers, max(1, to_check // 2000))
-    report.check = (
-        check(0, 1, engine, check_progress) if workers <= 1
-        else check_in_workers(engine, workers, check, check_progress)
-    )
-    if not report.check.ok:
-        raise PreflightFailed(report.check)
-    if dry_run:
-        with read_transaction(engine) as connection:
-            report.queued = store.count_unqueued(connection, campaign_id)
-            report.due = report.queued + (
-                count_due(connection, campaign_id, clock(), True) if campaign_id else 0
-            )
-            report.status = (
-                stats.campaign_status(connection, name) or _empty_status(name)
-            )
-        return report
-
-    assert transport is not None
     include_uncertain = settings.uncertain == "resend"
-    with write_transaction(engine) as connection:
-        now = clock()
-        if row is None:
-            row = store.create_campaign(
-                connection, name, fingerprint=current, nonce=secrets.token_hex(6),
-                sender=campaign.sender.addr_spec, snapshot=_snapshot(campaign), now=now,
-            )
-            _check_unchanged(row, current, accept=False)  # another process created it first
-        elif row.fingerprint != current:
-            store.accept_changes(connection, row.id, current, _snapshot(campaign), now)
-        report.queued = store.enqueue(connection, row, campaign.sender_domain, now)
-        store.expire_leases(connection, now, row.id)
-        report.due = count_due(connection, row.id, now, include_uncertain)
+    # Checking and queueing, one process at a time per campaign (PostgreSQL): workers that
+    # start together do not all check the same list; the later ones find it queued.
+    with campaign_lock(engine, name):
+        with write_transaction(engine) as connection:
+            secret = _secret(settings, connection)
+            row = store.find_campaign(connection, name)
+        _check_unchanged(row, current, accept=accept_changes)
+        report.check = _preflight(
+            engine, settings, _factory(campaign, secret, row.nonce if row else "preflight"),
+            row.id if row else None, recheck=row is not None and row.fingerprint != current,
+            date=clock(), progress=check_progress,
+        )
+        if not report.check.ok:
+            raise PreflightFailed(report.check)
+        if dry_run:
+            with read_transaction(engine) as connection:
+                report.queued = store.count_to_check(
+                    connection, row.id if row else None, unqueued_only=True
+                )
+                report.due = report.queued + (
+                    count_due(connection, row.id, clock(), True) if row else 0
+                )
+                report.status = (
+                    (stats.campaign_status(connection, name) if row else None)
+                    or _empty_status(name)
+                )
+            return report
+        assert transport is not None
+        with write_transaction(engine) as connection:
+            now = clock()
+            if row is None:
+                row = store.create_campaign(
+                    connection, name, fingerprint=current, nonce=secrets.token_hex(6),
+                    sender=campaign.sender.addr_spec, snapshot=_snapshot(campaign), now=now,
+                )
+                _check_unchanged(row, current, accept=False)  # made by another process
+            elif row.fingerprint != current:
+                store.accept_changes(connection, row.id, current, _snapshot(campaign), now)
+            report.queued = store.enqueue(connection, row, campaign.sender_domain, now)
+            store.expire_leases(connection, now, row.id)
+            report.due = count_due(connection, row.id, now, include_uncertain)
     report.tally = _run(engine, row, _factory(campaign, secret, row.nonce), settings, outbox,
                         limit=limit, include_uncertain=include_uncertain, progress=progress,
                         clock=clock, owner=owner, total=report.due)
     with read_transaction(engine) as connection:
         report.status = stats.campaign_status(connection, name) or _empty_status(name)
     return report
+
+
+def _preflight(
+    engine: Engine,
+    settings: Settings,
+    factory: MessageFactory,
+    campaign_id: int | None,
+    *,
+    recheck: bool,
+    date: Any,
+    progress: CheckProgress | None,
+) -> PreflightReport:
+    """Make the message of everyone not yet queued (after a template change: of everyone
+    still to send), in `settings.workers` processes for a long list."""
+    with read_transaction(engine) as connection:
+        total = store.count_to_check(connection, campaign_id, unqueued_only=not recheck)
+
+    def check(index: int, count: int, check_engine: Engine,
+              progress: CheckProgress | None) -> PreflightReport:
+        with read_transaction(check_engine) as connection:
+            recipients = (
+                Recipient.from_row(r)
+                for r in store.recipients_to_check(
+                    connection, campaign_id, unqueued_only=not recheck, shard=(index, count)
+                )
+            )
+            return preflight(factory, recipients, date=date, total=total, progress=progress)
+
+    workers = min(settings.workers, max(1, total // 2000))
+    if workers <= 1:
+        return check(0, 1, engine, progress)
+    return check_in_workers(engine, workers, check, progress)
+
+
+@contextlib.contextmanager
+def campaign_lock(engine: Engine, name: str) -> Iterator[None]:
+    """On PostgreSQL, a session advisory lock per campaign name; nothing on SQLite, where
+    one machine's processes share the work with --workers."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    digest = hashlib.sha256(f"mailer send {name}".encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    with engine.connect() as connection:
+        # Another process may hold it for a whole pre-flight (minutes for a long list):
+        # wait for it however long, unlike row locks.
+        connection.execute(text("SET lock_timeout = 0"))
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.execute(text(f"SET lock_timeout = {LOCK_TIMEOUT_MS}"))
+            connection.commit()
 
 
 def _run(

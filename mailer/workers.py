@@ -162,7 +162,9 @@ def run_workers(
     if errors:
         raise errors[0]
     result = merged(own or Tally())
-    result.interrupted = any(t.interrupted for t in [own or Tally(), *finished.values()])
+    every = [own or Tally(), *finished.values()]
+    result.interrupted = any(t.interrupted for t in every)
+    result.signal = next((t.signal for t in every if t.signal), 0)
     return result
 
 

@@ -208,3 +208,25 @@ def test_a_message_that_cannot_be_made_fails_alone(
         assert reply is not None
         assert reply.startswith("not sent: ")
         assert "body.txt" in reply
+
+
+def test_nothing_is_sent_once_its_lease_has_run_out(
+    ready: Settings, tmp_path: Path, clock: FakeClock
+) -> None:
+    """A process paused longer than its lease (Ctrl-Z, a suspended machine) must not send
+    what it claimed: another worker may have taken it over. Here the first message takes
+    longer than the lease; the nine others claimed with it are not sent, but released."""
+    seed(ready, tmp_path, emails(10))
+
+    def slow_first(submission, seen):  # type: ignore[no-untyped-def]
+        clock.advance(700)  # past the 600 s lease
+        return ACCEPT
+
+    transport = MemoryTransport(slow_first)
+    with opened(ready) as engine:
+        row = queue(engine, clock)
+        tally = run(engine, ready, row, transport, clock, concurrency=1, batch_size=10,
+                    limit=10)
+        assert len(transport.received) == 1
+        assert (tally.sent, tally.lost) == (1, 9)
+        assert sorted(states(engine).values()) == ["pending"] * 9 + ["sent"]

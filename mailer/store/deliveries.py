@@ -160,25 +160,41 @@ def count_unqueued(connection: Connection, campaign_id: int | None) -> int:
     return int(connection.scalar(query) or 0)
 
 
-def unsent_recipients(
-    connection: Connection, campaign_id: int | None, shard: tuple[int, int] = (0, 1)
-) -> Iterator[Any]:
-    """Active subscribers this campaign may still send to, streamed: what a pre-flight checks.
-
-    `shard` (i, n) keeps the i-th of n shares (by id), for n processes checking at once.
-    """
-    query = select(Subscriber).where(Subscriber.status == ACTIVE).order_by(Subscriber.id)
-    index, count = shard
-    if count > 1:
-        query = query.where(Subscriber.id % count == index)
-    if campaign_id is not None:
-        done = exists().where(
+def _to_check(campaign_id: int | None, unqueued_only: bool) -> list[Any]:
+    where: list[Any] = [Subscriber.status == ACTIVE]
+    if campaign_id is None:
+        return where
+    if unqueued_only:
+        skip = [Delivery.campaign_id == campaign_id, Delivery.subscriber_id == Subscriber.id]
+    else:
+        skip = [
             Delivery.campaign_id == campaign_id,
             Delivery.subscriber_id == Subscriber.id,
             Delivery.state.in_([S.SENT.value, S.FAILED.value, S.SKIPPED.value]),
-        )
-        query = query.where(~done)
-    yield from connection.execution_options(yield_per=1000).execute(query)
+        ]
+    return [*where, ~exists().where(*skip)]
+
+
+def count_to_check(connection: Connection, campaign_id: int | None, *, unqueued_only: bool) -> int:
+    query = select(func.count()).select_from(Subscriber)
+    return int(connection.scalar(query.where(*_to_check(campaign_id, unqueued_only))) or 0)
+
+
+def recipients_to_check(
+    connection: Connection,
+    campaign_id: int | None,
+    *,
+    unqueued_only: bool,
+    shard: tuple[int, int] = (0, 1),
+) -> Iterator[Any]:
+    """The subscribers a pre-flight checks, streamed: those not yet queued (each queued
+    delivery was checked when it was queued), or, after the templates changed, every one
+    still to send. `shard` (i, n) keeps the i-th of n shares, for n processes at once."""
+    query = select(Subscriber).where(*_to_check(campaign_id, unqueued_only))
+    index, count = shard
+    if count > 1:
+        query = query.where(Subscriber.id % count == index)
+    yield from connection.execution_options(yield_per=1000).execute(query.order_by(Subscriber.id))
 
 
 # --- claim ---------------------------------------------------------------------------------
@@ -299,30 +315,37 @@ def _claimable() -> frozenset[str]:
 
 def renew_leases(
     connection: Connection, owner: str, now: datetime, lease_seconds: float
-) -> int:
-    """Extend every lease `owner` holds: a long run keeps what it claimed."""
-    return connection.execute(
+) -> set[int]:
+    """Extend every lease `owner` still holds; return those deliveries' ids (a delivery
+    missing from them was taken over by another worker after its lease expired)."""
+    return set(connection.scalars(
         update(Delivery)
         .where(Delivery.lease_owner == owner, Delivery.state == S.SENDING.value)
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-    ).rowcount
+        .returning(Delivery.id)
+    ))
 
 
 def expire_leases(connection: Connection, now: datetime, campaign_id: int | None = None) -> int:
     """Deliveries whose worker died while holding them become `uncertain`.
 
     The worker may have transmitted them before it died: the relay may have them. One attempt
-    is counted and logged for each, under the dead worker's name.
+    is counted and logged for each, under the dead worker's name, by whichever process turns
+    it: on PostgreSQL the rows are locked (SKIP LOCKED), and only the rows this UPDATE
+    changed are logged, so two processes expiring at once log each delivery once.
     """
     where = [Delivery.state == S.SENDING.value, Delivery.lease_expires_at < now]
     if campaign_id is not None:
         where.append(Delivery.campaign_id == campaign_id)
-    rows = connection.execute(select(Delivery.id, Delivery.lease_owner).where(*where)).all()
-    if not rows:
+    query = select(Delivery.id, Delivery.lease_owner).where(*where)
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    owners = {row.id: row.lease_owner for row in connection.execute(query)}
+    if not owners:
         return 0
-    expired = connection.execute(
+    expired = list(connection.scalars(
         update(Delivery)
-        .where(Delivery.id.in_([row.id for row in rows]), *where)
+        .where(Delivery.id.in_(list(owners)), *where)
         .values(
             state=S.UNCERTAIN.value,
             attempts=Delivery.attempts + 1,
@@ -333,17 +356,19 @@ def expire_leases(connection: Connection, now: datetime, campaign_id: int | None
             lease_expires_at=None,
             updated_at=now,
         )
-    ).rowcount
-    connection.execute(
-        insert(Attempt),
-        [
-            {"delivery_id": row.id, "at": now, "worker": row.lease_owner or "?",
-             "outcome": S.UNCERTAIN.value, "code": None,
-             "reply": "lease expired: the worker stopped while sending"}
-            for row in rows
-        ],
-    )
-    return int(expired)
+        .returning(Delivery.id)
+    ))
+    if expired:
+        connection.execute(
+            insert(Attempt),
+            [
+                {"delivery_id": delivery_id, "at": now, "worker": owners[delivery_id] or "?",
+                 "outcome": S.UNCERTAIN.value, "code": None,
+                 "reply": "lease expired: the worker stopped while sending"}
+                for delivery_id in expired
+            ],
+        )
+    return len(expired)
 
 
 # --- record and release --------------------------------------------------------------------

@@ -71,6 +71,17 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+LOCK_TIMEOUT_MS = BUSY_TIMEOUT_MS  # PostgreSQL: the same patience as SQLite's busy timeout
+
+
+def _on_postgresql_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Without it a statement waits forever on a row another process holds (a worker paused
+    # mid-transaction, say); with it, the wait ends as "stayed locked" (exit 75).
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+    dbapi_connection.commit()
+
+
 def _on_sqlite_begin(connection: Connection) -> None:
     mode = "IMMEDIATE" if connection.get_execution_options().get("write") else "DEFERRED"
     connection.exec_driver_sql(f"BEGIN {mode}")
@@ -111,6 +122,8 @@ def open_engine(url: str) -> Engine:
     if backend == "sqlite":
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
+    elif backend == "postgresql":
+        event.listen(engine, "connect", _on_postgresql_connect)
     return engine
 
 
@@ -126,7 +139,8 @@ def database_errors(engine: Engine) -> Iterator[None]:
             raise SchemaError(f"{where} is not a SQLite database ({detail})") from exc
         if not isinstance(exc, OperationalError):
             raise  # integrity or programming errors are bugs: let them crash loudly
-        if engine.dialect.name == "sqlite" and "locked" in detail:
+        locked = getattr(exc.orig, "sqlstate", None) == "55P03"  # PostgreSQL lock_timeout
+        if (engine.dialect.name == "sqlite" and "locked" in detail) or locked:
             raise DatabaseError(
                 f"the database {where} stayed locked for {BUSY_TIMEOUT_MS // 1000} s",
                 hint="another mailer is writing to it; run again when it is done",

@@ -1,9 +1,9 @@
 """`mailer send` and `mailer retry`: from a campaign name to a finished run.
 
 send:  load and check the campaign → refuse if its templates changed since it was first sent →
-       pre-flight every message still to send (any problem stops here, before any connection)
-       → create the campaign row (first use) → queue one delivery per active subscriber not
-       yet queued → expire dead workers' leases → run the dispatcher.
+       pre-flight the subscribers about to be queued (any problem stops here, before any
+       connection) → create the campaign row (first use) → queue one delivery per active
+       subscriber not yet queued → expire dead workers' leases → run the dispatcher.
 retry: expire leases → find what is due (pending, deferred whose time has come, uncertain
        unless held) → run the dispatcher per campaign. Exits at once when nothing is due.
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, text
 
 from mailer.campaign import Campaign, load_campaign
 from mailer.clock import Clock, system_clock
@@ -31,7 +31,6 @@ from mailer.config import Rate, Settings
 from mailer.dispatch import Dispatcher, ProgressFn, RunOptions, Tally
 from mailer.errors import ConfigError, InputError, NotFoundError
 from mailer.messages import MessageFactory
-from mailer.models import Delivery
 from mailer.policy import Backoff
 from mailer.preflight import PreflightReport, preflight
 from mailer.render import Recipient
@@ -160,27 +159,6 @@ def run_options(settings: Settings, *, limit: int | None, include_uncertain: boo
     )
 
 
-def count_due(connection: Any, campaign_id: int, now: Any, include_uncertain: bool) -> int:
-    states = [DeliveryState.PENDING.value]
-    if include_uncertain:
-        states.append(DeliveryState.UNCERTAIN.value)
-    return int(
-        connection.scalar(
-            select(func.count()).select_from(Delivery).where(
-                Delivery.campaign_id == campaign_id, Delivery.state.in_(states)
-            )
-        ) or 0
-    ) + int(
-        connection.scalar(
-            select(func.count()).select_from(Delivery).where(
-                Delivery.campaign_id == campaign_id,
-                Delivery.state == DeliveryState.DEFERRED.value,
-                Delivery.next_attempt_at <= now,
-            )
-        ) or 0
-    )
-
-
 @contextlib.contextmanager
 def _stop_on_signals(dispatcher: Dispatcher) -> Iterator[None]:
     """Ctrl-C and SIGTERM stop claiming; what is in flight finishes and is recorded."""
@@ -264,7 +242,7 @@ def send(
                     connection, row.id if row else None, unqueued_only=True
                 )
                 report.due = report.queued + (
-                    count_due(connection, row.id, clock(), True) if row else 0
+                    store.count_due(connection, row.id, clock(), True) if row else 0
                 )
                 report.status = (
                     (stats.campaign_status(connection, name) if row else None)
@@ -284,7 +262,7 @@ def send(
                 store.accept_changes(connection, row.id, current, _snapshot(campaign), now)
             report.queued = store.enqueue(connection, row, campaign.sender_domain, now)
             store.expire_leases(connection, now, row.id)
-            report.due = count_due(connection, row.id, now, include_uncertain)
+            report.due = store.count_due(connection, row.id, now, include_uncertain)
     report.tally = _run(engine, row, _factory(campaign, secret, row.nonce), settings, outbox,
                         limit=limit, include_uncertain=include_uncertain, progress=progress,
                         clock=clock, owner=owner, total=report.due)
@@ -423,7 +401,7 @@ def retry(
             row = store.find_campaign(connection, campaign_name)
             assert row is not None
             _check_unchanged(row, fingerprint(campaign), accept=False)
-            total = count_due(connection, row.id, clock(), include_uncertain)
+            total = store.count_due(connection, row.id, clock(), include_uncertain)
         report = RunReport(campaign_name, description, due=total)
         report.tally = _run(
             engine, row, _factory(campaign, secret, row.nonce), settings, outbox,

@@ -148,18 +148,6 @@ def enqueue(connection: Connection, campaign: CampaignRow, domain: str, now: dat
     return sum(1 for _ in connection.execute(statement))
 
 
-def count_unqueued(connection: Connection, campaign_id: int | None) -> int:
-    """Active subscribers without a delivery in this campaign (all of them if none yet)."""
-    query = select(func.count()).select_from(Subscriber).where(Subscriber.status == ACTIVE)
-    if campaign_id is not None:
-        query = query.where(
-            ~exists().where(
-                Delivery.campaign_id == campaign_id, Delivery.subscriber_id == Subscriber.id
-            )
-        )
-    return int(connection.scalar(query) or 0)
-
-
 def _to_check(campaign_id: int | None, unqueued_only: bool) -> list[Any]:
     where: list[Any] = [Subscriber.status == ACTIVE]
     if campaign_id is None:
@@ -195,6 +183,30 @@ def recipients_to_check(
     if count > 1:
         query = query.where(Subscriber.id % count == index)
     yield from connection.execution_options(yield_per=1000).execute(query.order_by(Subscriber.id))
+
+
+def count_due(
+    connection: Connection, campaign_id: int, now: datetime, include_uncertain: bool
+) -> int:
+    """How many deliveries of a campaign a run would send now."""
+    states = [DeliveryState.PENDING.value]
+    if include_uncertain:
+        states.append(DeliveryState.UNCERTAIN.value)
+    return int(
+        connection.scalar(
+            select(func.count()).select_from(Delivery).where(
+                Delivery.campaign_id == campaign_id, Delivery.state.in_(states)
+            )
+        ) or 0
+    ) + int(
+        connection.scalar(
+            select(func.count()).select_from(Delivery).where(
+                Delivery.campaign_id == campaign_id,
+                Delivery.state == DeliveryState.DEFERRED.value,
+                Delivery.next_attempt_at <= now,
+            )
+        ) or 0
+    )
 
 
 # --- claim ---------------------------------------------------------------------------------

@@ -577,6 +577,37 @@ def test_sigterm_and_sigint_stop_cleanly_and_the_next_send_finishes(
 
 
 @pytest.mark.slow
+def test_a_second_ctrl_c_leaves_at_once_and_retry_resends_what_was_in_flight(
+    setup: Setup, smtp_server_factory: ServerFactory, cli: Any,
+) -> None:
+    """A relay that holds its reply after the message for a long time: the first Ctrl-C
+    waits for the messages in flight (up to the data timeout); a second one leaves at once.
+    What was in flight stays reserved, becomes `uncertain` when the lease expires, and
+    `mailer retry` resends it with the same Message-ID; nobody is missed."""
+    script = RelayScript("stall-after-data")
+    relay = prepare(setup, smtp_server_factory, 20, script, stall_seconds=30)
+    sender = setup.start("send", CAMPAIGN, lease_seconds=1, smtp_data_timeout=60)
+    wait_for("the relay to receive the first messages", lambda: received(relay) >= K, sender)
+    sender.process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert sender.running(), "the first Ctrl-C should wait for the messages in flight"
+    sender.process.send_signal(signal.SIGINT)
+    done = sender.finish(timeout=5)
+    assert done.code == 130, sender.output()
+    assert "Stopped at once" in done.stderr, sender.output()
+    assert "Traceback" not in done.stderr, sender.output()
+    held = [row for row in setup.deliveries().values() if row.state == "sending"]
+    assert 0 < len(held) <= 20
+    script.word = "ok"
+    time.sleep(1.2)  # past the lease
+    setup.run("retry")
+    counts = status(cli)["counts"]
+    assert counts["sent"] == 20, counts
+    ids = message_ids_by_recipient(relay)
+    assert all(len(set(found)) == 1 for found in ids.values()), ids
+
+
+@pytest.mark.slow
 def test_sigterm_stops_every_worker_of_a_multi_process_send(
     setup: Setup, smtp_server_factory: ServerFactory, cli: Any,
 ) -> None:

@@ -104,14 +104,16 @@ def _print_json(data: Any, *, compact: bool = False) -> None:
 
 
 @contextmanager
-def _progress(label: str, enabled: bool) -> Iterator[ProgressCallback | None]:
+def _progress(
+    label: str, enabled: bool, *, unit: str = "bytes"
+) -> Iterator[ProgressCallback | None]:
     if not (enabled and err.is_terminal):
         yield None
         return
     with Progress(
         TextColumn(label),
         BarColumn(),
-        DownloadColumn(),
+        DownloadColumn() if unit == "bytes" else MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=err,
         transient=True,
@@ -343,7 +345,7 @@ def preview_command(
         raise InputError("--json goes with --check", hint="for the raw message: --format eml")
     settings = _global(ctx).settings()
     if check:
-        with _progress("Checking", not as_json) as progress:
+        with _progress("Checking", not as_json, unit="messages") as progress:
             report = api.check_campaign(settings, campaign, progress=progress)
         _print_check(report, as_json)
         if not report.ok:
@@ -437,33 +439,46 @@ def status_command(
 # --- send, retry, report ------------------------------------------------------------------
 
 
+@dataclass
+class SendBars:
+    """The callbacks of the live display of `send` / `retry`: the pre-flight, then the run."""
+
+    check: ProgressCallback | None = None
+    send: ProgressFn | None = None
+
+
 @contextmanager
-def _send_progress(label: str, enabled: bool) -> Iterator[ProgressFn | None]:
-    """A live bar: done of due, sent/deferred/failed, rate and time left (terminal only)."""
+def _send_progress(label: str, enabled: bool) -> Iterator[SendBars]:
+    """One live display (rich allows one at a time) with two bars: the pre-flight's count,
+    then the run's done of due, sent · deferred · failed, rate and time left. Terminal only."""
     if not (enabled and err.is_terminal):
-        yield None
+        yield SendBars()
         return
     with Progress(
-        TextColumn(label),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("sent {task.fields[sent]} · deferred {task.fields[deferred]} · "
-                   "failed {task.fields[failed]} · {task.fields[rate]:.0f}/s"),
+        TextColumn("{task.fields[detail]}"),
         TimeRemainingColumn(),
         console=err,
         transient=True,
     ) as bar:
-        task = bar.add_task(label, total=None, sent=0, deferred=0, failed=0, rate=0.0)
+        checking = bar.add_task("Checking", total=None, detail="", visible=False)
+        sending = bar.add_task(label, total=None, detail="", visible=False)
 
-        def update(tally: Tally) -> None:
+        def check(done: int, total: int) -> None:
+            bar.update(checking, completed=done, total=total or None, visible=True)
+
+        def send(tally: Tally) -> None:
             elapsed = tally.elapsed
+            rate = tally.done / elapsed if elapsed > 0 else 0.0
             bar.update(
-                task, completed=tally.done, total=tally.total or None, sent=tally.sent,
-                deferred=tally.deferred, failed=tally.failed + tally.uncertain,
-                rate=tally.done / elapsed if elapsed > 0 else 0.0,
+                sending, completed=tally.done, total=tally.total or None, visible=True,
+                detail=f"sent {tally.sent} · deferred {tally.deferred} · failed "
+                f"{tally.failed + tally.uncertain} · {rate:.0f}/s",
             )
 
-        yield update
+        yield SendBars(check, send)
 
 
 def _print_run(report: RunReport) -> None:
@@ -560,11 +575,10 @@ def send_command(
     """
     settings = _global(ctx).settings(concurrency=concurrency, rate=rate, workers=workers)
     try:
-        with _progress("Checking", not as_json) as check, \
-                _send_progress(f"Sending {campaign}", not as_json) as progress:
+        with _send_progress(f"Sending {campaign}", not as_json) as bars:
             report = api.send(
                 settings, campaign, dry_run=dry_run, limit=limit, outbox=outbox,
-                accept_changes=accept_changes, check_progress=check, progress=progress,
+                accept_changes=accept_changes, check_progress=bars.check, progress=bars.send,
             )
     except PreflightFailed as exc:
         _print_check(exc.report, as_json=as_json)
@@ -612,8 +626,8 @@ def retry_command(
     settings = _global(ctx).settings(
         uncertain=uncertain.value if uncertain else None, workers=workers
     )
-    with _send_progress("Retrying", not as_json) as progress:
-        reports = api.retry(settings, campaign, outbox=outbox, progress=progress)
+    with _send_progress("Retrying", not as_json) as bars:
+        reports = api.retry(settings, campaign, outbox=outbox, progress=bars.send)
     if as_json:
         if campaign is not None:
             _print_json(reports[0].as_json() if reports else api.status(settings, campaign))

@@ -226,3 +226,25 @@ def test_two_workers_check_the_list_in_two_halves(cli, tmp_path: Path) -> None: 
     assert problems == [f"Problem: p{i}@asso.fr: {problems[0].split(': ', 2)[2]}"
                         for i in (10, 11)]
     assert "4098 of 4100 messages ready" in double.stdout
+
+
+def test_the_progress_bar_on_a_terminal(listed, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The live bar is drawn only on a terminal: pretend standard error is one."""
+    import io
+
+    from rich.console import Console
+
+    from mailer import cli as cli_module
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli_module, "err", Console(file=screen, force_terminal=True,
+                                                   width=120, highlight=False))
+    result = listed("send", "closure-notice", "--outbox", "out")
+    assert result.code == 0, result.stderr
+    drawn = screen.getvalue()
+    assert "Checking" in drawn
+    assert f"{ACTIVE}/{ACTIVE}" in drawn
+    assert "bytes" not in drawn
+    assert "Sending closure-notice" in drawn
+    assert f"sent {ACTIVE} · deferred 0 · failed 0" in drawn
+    assert listed("retry", "--outbox", "out").code == 0

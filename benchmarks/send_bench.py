@@ -11,15 +11,19 @@ fresh Postfix smtp-sink per measured run (`_sink.start_sink`):
     --no-limit` on a subset, with a template made from the same closure notice. It opens one
     connection per message.
 (c) mailer: `mailer import` (not timed), then `mailer send closure-notice --concurrency K
-    --json` as a child process: wall time, CPU, peak RSS (os.wait4). The JSON must say every
-    delivery was sent, and the sink must have counted exactly that many messages. A send to
-    one subscriber gives the fixed cost (start-up and set-up).
-(d) memory: (c)'s peak RSS at 20,000 and 200,000 deliveries (the import is another process).
+    --workers W --json` as a child process, for each W of --mailer-workers (default 1 and 2),
+    each on a freshly imported list: wall time, CPU, peak RSS (os.wait4; the forked workers
+    are reaped by it, so their CPU is included). The JSON must say every delivery was sent,
+    the sink must have counted exactly that many messages, and its log (`-v`: the SMTP
+    commands, not the data) one RCPT per subscriber. A send to one subscriber gives the fixed
+    cost (start-up and set-up).
+(d) memory: (c)'s peak RSS at 20,000 and 200,000 deliveries, W = 1 (the import is another
+    process).
 (e) PostgreSQL workers: W `mailer send` processes started at once on one fresh schema
     (W = 1, 2, 4); total throughput, and every address received exactly once (the sink
     dumps every envelope for this part and for mailmerge's).
 
-    .venv/bin/python benchmarks/send_bench.py --snapshot           # everything, ~4 min
+    .venv/bin/python benchmarks/send_bench.py --snapshot           # everything, ~3.5 min
     .venv/bin/python benchmarks/send_bench.py --quick              # 2,000 deliveries, ~1 min
     .venv/bin/python benchmarks/send_bench.py --parts ceiling,mailmerge
 
@@ -45,8 +49,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,6 +74,7 @@ DEFAULT_CONCURRENCY = 4
 DEFAULT_MAILMERGE_COUNT = 2_000
 DEFAULT_MEMORY_COUNTS = (20_000, 200_000)
 DEFAULT_WORKERS = (1, 2, 4)
+DEFAULT_MAILER_WORKERS = (1, 2)  # `mailer send --workers W` in part (c)
 QUICK_COUNT, QUICK_MAILMERGE = 2_000, 300  # --quick
 QUICK_MEMORY_COUNTS, QUICK_WORKERS = (2_000, 20_000), (1, 2)
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -77,6 +83,11 @@ PARTS = ("ceiling", "mailmerge", "mailer", "memory", "workers")
 MAILMERGE_VENV = Path(__file__).resolve().parent / ".venv-mailmerge"
 MAILMERGE_VERSION = "2.3.0"
 CEILING_SECRET = "send-bench-ceiling"  # the ceiling's token key (mailer's is in its database)
+# The counting sink of the ceiling and of mailer's SQLite runs also logs the SMTP commands
+# (not the data: a few lines per message), to check one RCPT per subscriber; the same flags
+# for both, so that the sink's share of the 2 cores is the same.
+LOGGING_SINK = ("-v",)
+_RCPT = re.compile(rb"RCPT TO:<([^>]*)>", re.IGNORECASE)
 # Goals (from the issue): mailer >= 70 % of the ceiling, >= 3x mailmerge, flat memory.
 GOAL_CEILING = 0.70
 GOAL_MAILMERGE = 3.0
@@ -291,6 +302,31 @@ def check_once_each(sink: Sink, addresses: set[str], what: str) -> None:
         )
 
 
+def check_logged_once_each(sink: Sink, addresses: Iterable[str], what: str) -> None:
+    """Every address had exactly one RCPT in the sink's `-v` log, and nobody else had one.
+
+    With the sink's count equal to the list's size (checked before), as many RCPT commands
+    as transactions means each was part of a received message: one copy per address. (A
+    transaction abandoned and sent again would show as a duplicate: none is expected here.)
+    The log is streamed and the list is read one address at a time: the benchmark's own
+    peak RSS, a floor of its children's on Linux, stays small.
+    """
+    sink.stop()  # every line written and flushed
+    copies: Counter[bytes] = Counter()
+    with (sink.folder / "stderr.log").open("rb") as log_file:  # start_sink's stderr file
+        for line in log_file:
+            if found := _RCPT.search(line):
+                copies[found.group(1)] += 1
+    duplicates = {a.decode(errors="replace"): n for a, n in copies.items() if n > 1}
+    missing = sum(1 for address in addresses if copies.pop(address.encode(), 0) == 0)
+    if duplicates or missing or copies:
+        sample = dict(list(duplicates.items())[:5])
+        raise BenchmarkError(
+            f"{what}: the sink logged more than one RCPT for {len(duplicates):,} addresses"
+            f" {sample}, none for {missing:,}, and {len(copies):,} not in the list"
+        )
+
+
 # --- the list -------------------------------------------------------------------------------
 
 
@@ -300,6 +336,7 @@ class Options:
     concurrency: int
     mailmerge_count: int
     memory_counts: list[int]
+    mailer_workers: list[int]
     workers: list[int]
     parts: list[str]
     postgres_url: str
@@ -349,6 +386,14 @@ def import_list(options: Options, count: int, database_url: str, folder: Path) -
     return measured.wall_s
 
 
+def iter_addresses(sqlite_path: Path) -> Iterator[str]:
+    """The active subscribers' wire addresses, streamed."""
+    query = "SELECT address FROM subscribers WHERE status = 'active'"
+    with closing(sqlite3.connect(sqlite_path)) as connection:
+        for (address,) in connection.execute(query):
+            yield str(address)
+
+
 def active_addresses(sqlite_path: Path, limit: int | None = None) -> list[dict[str, str]]:
     """The subscribers mailer will send to, as its database holds them (wire addresses)."""
     query = (
@@ -366,7 +411,7 @@ def active_addresses(sqlite_path: Path, limit: int | None = None) -> list[dict[s
 
 def ceiling(options: Options, database: Path, folder: Path) -> Run:
     """A child renders every message with mailer's MessageFactory, then blasts them."""
-    with start_sink(dump=False) as sink:
+    with start_sink(*LOGGING_SINK, dump=False) as sink:
         sink_cpu = sink.cpu_seconds() or 0.0
         request = {
             "mode": "ceiling",
@@ -388,7 +433,7 @@ def ceiling(options: Options, database: Path, folder: Path) -> Run:
         check_sink(sink, result["messages"], "ceiling")
         if result["messages"] != options.count:
             raise BenchmarkError(f"ceiling: sent {result['messages']:,}, not {options.count:,}")
-        return make_run(
+        run = make_run(
             "ceiling",
             "ceiling: aiosmtplib blast of pre-rendered messages",
             options.count,
@@ -400,6 +445,8 @@ def ceiling(options: Options, database: Path, folder: Path) -> Run:
             busy_s=result["blast_busy_s"],
             details=result,
         )
+        check_logged_once_each(sink, iter_addresses(database), "ceiling")
+        return run
 
 
 def ceiling_child(request: dict[str, Any]) -> dict[str, Any]:
@@ -639,13 +686,15 @@ def mailmerge(options: Options, database: Path, folder: Path) -> Run:
 # --- (c) and (d) mailer send, SQLite --------------------------------------------------------
 
 
-def send_argv(options: Options) -> list[str]:
+def send_argv(options: Options, workers: int | None = None) -> list[str]:
+    """`mailer send`, with `--workers W` when given (else mailer's default, one process)."""
     return [
         str(options.mailer),
         "send",
         CAMPAIGN,
         "--concurrency",
         str(options.concurrency),
+        *([] if workers is None else ["--workers", str(workers)]),
         "--json",
     ]
 
@@ -681,32 +730,36 @@ def check_sent(measured: Sequence[Measurement], sink: Sink, what: str) -> None:
 
 
 def mailer_sqlite(
-    options: Options, count: int, database: Path, folder: Path, label: str = "mailer send (SQLite)"
+    options: Options, count: int, database: Path, folder: Path, label: str, workers: int
 ) -> Run:
-    """`mailer send` on an imported SQLite list, measured; verified by its JSON and the sink."""
+    """`mailer send --workers W` on an imported SQLite list, measured; verified by its JSON,
+    the sink's count and the sink's log (one RCPT per subscriber)."""
     parent_peak = own_peak_mib()  # a child's ru_maxrss is at least this (Linux)
-    with start_sink(dump=False) as sink:
+    what = f"mailer send --workers {workers} ({count:,})"
+    with start_sink(*LOGGING_SINK, dump=False) as sink:
         sink_cpu = sink.cpu_seconds() or 0.0
         measured = run_one(
-            send_argv(options),
+            send_argv(options, workers),
             folder=folder,
             env=mailer_env(options, f"sqlite:///{database}", sink),
-            label=f"send-{count}",
+            label=f"send-{count}-w{workers}",
             timeout=options.timeout,
             check=False,
         )
-        check_sent([measured], sink, f"mailer send ({count:,})")
-        status = check_status(measured.stdout(), count, f"mailer send ({count:,})")
-        check_sink(sink, count, f"mailer send ({count:,})")
-        return make_run(
+        check_sent([measured], sink, what)
+        status = check_status(measured.stdout(), count, what)
+        check_sink(sink, count, what)
+        run = make_run(
             "mailer",
             label,
             count,
             [measured],
             sink,
             sink_cpu,
-            details={"status": status, "parent_peak_mib": parent_peak},
+            details={"status": status, "parent_peak_mib": parent_peak, "workers": workers},
         )
+        check_logged_once_each(sink, iter_addresses(database), what)
+        return run
 
 
 def prepared_sqlite(
@@ -794,6 +847,12 @@ def ratio(a: Run | None, b: Run | None) -> float | None:
     return a.rate / b.rate if a and b and b.rate else None
 
 
+def mailer_runs(runs: dict[str, Run]) -> dict[int, Run]:
+    """Part (c)'s runs by W (`mailer send --workers W`), keyed `mailer-W` in `runs`."""
+    found = {int(key[7:]): run for key, run in runs.items() if key.startswith("mailer-")}
+    return dict(sorted(found.items()))
+
+
 def verdict(value: float | None, goal: float, *, at_most: bool = False) -> str:
     if value is None:
         return "—"
@@ -837,21 +896,21 @@ def render(
             f" {run.rate:,.0f} | {run.cpu_s:.1f} | {sink_cpu} | {run.max_rss_mib:.1f} |"
             f" {run.others_cores:.2f} |"
         )
-    to_ceiling = ratio(runs.get("mailer"), runs.get("ceiling"))
-    to_mailmerge = ratio(runs.get("mailer"), runs.get("mailmerge"))
     counts = sorted(memory)
     growth = (
         memory[counts[-1]].max_rss_mib / memory[counts[0]].max_rss_mib if len(counts) > 1 else None
     )
-    lines += [
-        "",
-        "| ratio | value | goal | |",
-        "|---|---:|---:|---|",
-        f"| mailer / ceiling (msgs/s) | {fmt(to_ceiling, '.2f')} | ≥ {GOAL_CEILING:.2f} |"
-        f" {verdict(to_ceiling, GOAL_CEILING)} |",
-        f"| mailer / mailmerge (msgs/s) | {fmt(to_mailmerge, '.2f', '×')} |"
-        f" ≥ {GOAL_MAILMERGE:g}× | {verdict(to_mailmerge, GOAL_MAILMERGE)} |",
-    ]
+    lines += ["", "| ratio | value | goal | |", "|---|---:|---:|---|"]
+    senders: dict[int, Run | None] = {**mailer_runs(runs)} or {1: None}  # "—" when none
+    for w, sender in senders.items():
+        to_ceiling = ratio(sender, runs.get("ceiling"))
+        to_mailmerge = ratio(sender, runs.get("mailmerge"))
+        lines += [
+            f"| mailer `--workers {w}` / ceiling (msgs/s) | {fmt(to_ceiling, '.2f')} |"
+            f" ≥ {GOAL_CEILING:.2f} | {verdict(to_ceiling, GOAL_CEILING)} |",
+            f"| mailer `--workers {w}` / mailmerge (msgs/s) | {fmt(to_mailmerge, '.2f', '×')} |"
+            f" ≥ {GOAL_MAILMERGE:g}× | {verdict(to_mailmerge, GOAL_MAILMERGE)} |",
+        ]
     if growth is not None:
         lines.append(
             f"| mailer peak RSS, {counts[-1]:,} / {counts[0]:,} deliveries | {growth:.2f} |"
@@ -890,7 +949,7 @@ def render(
             f" aiosmtplib {c['aiosmtplib']}: {c['connections']} connections, each its share in"
             " turn, one transaction per recipient. Its peak RSS holds every message.",
         ]
-    if "mailer" in runs:
+    if mailer_runs(runs):
         lines += ["", mailer_notes(runs)]
     if "mailmerge" in runs:
         m = runs["mailmerge"].details
@@ -940,37 +999,46 @@ def render(
         "",
         "Seconds: mailer's whole command (start-up, pre-flight, queueing, sending, recording);"
         " the ceiling's blast alone; mailmerge's whole command. Connections: sessions the sink"
-        " counted. Client CPU: the sending process(es), user + system (os.wait4). Sink CPU:"
+        " counted. Client CPU: the sending process(es), user + system (os.wait4; with"
+        " `--workers W`, the forked workers too, as the command reaps them). Sink CPU:"
         " smtp-sink meanwhile. Others' load: every other process on the machine, in busy cores"
         f" (the machine has {os.cpu_count()}): the noise. Peak RSS: ru_maxrss of the child(ren)"
-        " (the largest); on Linux it is at least the parent's peak when the child started,"
-        f" and this benchmark's own peak was {own_peak_mib():.1f} MiB. Sink CPU includes"
-        " writing every message to its dump file for mailmerge and the workers (to check one"
-        " copy per address), and only counting for the others. Every run was checked: exit"
-        " status 0, the JSON status (all sent), the sink's count, and where the sink dumped"
-        " the envelopes, one copy per address.",
+        " (the largest process, forked workers included; not a sum); on Linux it is at least"
+        " the parent's peak when the child started, and this benchmark's own peak was"
+        f" {own_peak_mib():.1f} MiB. Sink CPU includes writing every message to its dump file"
+        " for mailmerge and the PostgreSQL workers (to check one copy per address), and"
+        " logging the SMTP commands (`-v`, no data) for the ceiling and mailer's SQLite runs."
+        " Every run was checked: exit status 0, the JSON status (all sent), the sink's count,"
+        " and one copy per address (from the dump, or one RCPT each in the sink's log).",
     ]
     return "\n".join(lines) + "\n"
 
 
 def mailer_notes(runs: dict[str, Run]) -> str:
     """What mailer's time is made of: the fixed cost, and its own sending-phase timing."""
-    mailer, fixed, top = runs["mailer"], runs.get("fixed"), runs.get("ceiling")
+    fixed, top = runs.get("fixed"), runs.get("ceiling")
     notes = []
-    if fixed and mailer.wall_s > fixed.wall_s:
-        steady = mailer.messages / (mailer.wall_s - fixed.wall_s)
-        share = f" ({steady / top.rate:.2f} of the ceiling)" if top else ""
+    if fixed:
         notes.append(
-            f"mailer's fixed cost (start-up, database and campaign set-up, one delivery) is"
-            f" {fixed.wall_s:.2f} s; without it, mailer sends {steady:,.0f} msgs/s{share}."
+            f"mailer's fixed cost (start-up, database and campaign set-up, one delivery, one"
+            f" process) is {fixed.wall_s:.2f} s."
         )
-    phase = mailer.details.get("status", {}).get("run", {}).get("seconds")
-    if isinstance(phase, int | float) and phase > 0:
-        share = f" ({mailer.messages / phase / top.rate:.2f} of the ceiling)" if top else ""
-        notes.append(
-            f"mailer's own report of its sending phase (`run.seconds` in its JSON):"
-            f" {phase:.2f} s, {mailer.messages / phase:,.0f} msgs/s{share}."
-        )
+    for w, mailer in mailer_runs(runs).items():
+        parts = []
+        if fixed and mailer.wall_s > fixed.wall_s:
+            steady = mailer.messages / (mailer.wall_s - fixed.wall_s)
+            share = f" ({steady / top.rate:.2f} of the ceiling)" if top else ""
+            parts.append(f"without the fixed cost, {steady:,.0f} msgs/s{share}")
+        phase = mailer.details.get("status", {}).get("run", {}).get("seconds")
+        if isinstance(phase, int | float) and phase > 0:
+            share = f" ({mailer.messages / phase / top.rate:.2f} of the ceiling)" if top else ""
+            parts.append(
+                f"its own report of the sending phase (`run.seconds` in its JSON, after the"
+                f" pre-flight and queueing): {phase:.2f} s, {mailer.messages / phase:,.0f}"
+                f" msgs/s{share}"
+            )
+        if parts:
+            notes.append(f"`--workers {w}`: {'; '.join(parts)}.")
     return " ".join(notes) or "—"
 
 
@@ -1039,6 +1107,12 @@ def parse_args(argv: Sequence[str] | None) -> Options | dict[str, Any]:
         help="deliveries of the memory runs (default 20000,200000; 0 = none)",
     )
     parser.add_argument(
+        "--mailer-workers",
+        type=parse_counts,
+        default=list(DEFAULT_MAILER_WORKERS),
+        help="`mailer send --workers W` of part (c), on SQLite (default 1,2; 0 = none)",
+    )
+    parser.add_argument(
         "--workers", type=parse_counts, help="PostgreSQL worker counts (default 1,2,4; 0 = none)"
     )
     parser.add_argument(
@@ -1090,6 +1164,7 @@ def parse_args(argv: Sequence[str] | None) -> Options | dict[str, Any]:
         concurrency=args.concurrency,
         mailmerge_count=mailmerge_count,
         memory_counts=memory,
+        mailer_workers=args.mailer_workers,
         workers=workers,
         parts=parts,
         postgres_url=args.postgres_url,
@@ -1137,9 +1212,17 @@ def attempt(
     return None
 
 
-def memory_run(options: Options, count: int, folders: list[Path], label: str | None = None) -> Run:
-    folder, database, _ = prepared_sqlite(options, count, f"mailer-{count}", folders)
-    return mailer_sqlite(options, count, database, folder, label or "mailer send (SQLite)")
+def memory_run(
+    options: Options,
+    count: int,
+    folders: list[Path],
+    label: str | None = None,
+    workers: int = 1,
+) -> Run:
+    """`mailer send --workers W` on a freshly imported SQLite list of `count` subscribers."""
+    folder, database, _ = prepared_sqlite(options, count, f"mailer-{count}-w{workers}", folders)
+    label = label or f"mailer send `--workers {workers}` (SQLite)"
+    return mailer_sqlite(options, count, database, folder, label, workers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1174,21 +1257,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ):
                     runs[part] = run
         # The mailer runs import a list of their own: a retried run starts from an unsent list.
-        wanted = "mailer" in parts or options.count in memory_counts
-        if wanted and (
-            run := attempt(failures, "mailer", memory_run, options, options.count, folders)
-        ):
-            runs["mailer"] = run
+        for w in options.mailer_workers if "mailer" in parts else []:
+            arguments = (options, options.count, folders, None, w)
+            if run := attempt(failures, f"mailer --workers {w}", memory_run, *arguments):
+                runs[f"mailer-{w}"] = run
         if "mailer" in parts:
             label = "mailer send, 1 subscriber (the fixed cost)"
             if run := attempt(
                 failures, "mailer fixed cost", memory_run, options, 1, folders, label
             ):
                 runs["fixed"] = run
-        for count in memory_counts:
-            if count == options.count:
-                if "mailer" in runs:
-                    memory[count] = runs["mailer"]
+        for count in memory_counts:  # one process (--workers 1)
+            if count == options.count and "mailer-1" in runs:
+                memory[count] = runs["mailer-1"]
                 continue
             if run := attempt(failures, f"memory {count:,}", memory_run, options, count, folders):
                 memory[count] = run

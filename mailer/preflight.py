@@ -1,7 +1,7 @@
 """Pre-flight: render a campaign for every subscriber it would go to, send nothing, report.
 
-Used by `mailer preview CAMPAIGN --check`; sending (next release) runs it first (`send --dry-run`
-shows it). Each subscriber whose message cannot be made is a problem with the reason; the
+Used by `mailer preview CAMPAIGN --check`, and by `mailer send` before it queues anyone (`send
+--dry-run` shows it). Each subscriber whose message cannot be made is a problem with the reason; the
 summary counts the messages and their domains, and warns about what would hurt delivery
 (a free-mail or placeholder sender, no unsubscribe link, addresses that need SMTPUTF8).
 Memory stays flat: only counters and the first problems are kept.

@@ -36,9 +36,9 @@ from sqlalchemy import Engine
 
 from mailer.clock import Clock
 from mailer.config import Rate
-from mailer.errors import InputError, MailerError, RelayTemporaryError
+from mailer.errors import ConfigError, InputError, MailerError, RelayTemporaryError
 from mailer.messages import MessageFactory
-from mailer.policy import Backoff, Outcome, decide
+from mailer.policy import Backoff, Decision, Outcome, decide
 from mailer.states import DeliveryState
 from mailer.store import deliveries as store
 from mailer.store.engine import database_errors, write_transaction
@@ -46,8 +46,13 @@ from mailer.transport import Reply, Stage, Submission, Transport
 
 T = TypeVar("T")
 FLUSH_SECONDS = 0.1  # outcomes are committed at most this long after the relay's reply
-FLUSH_SIZE = 500
+UNRECORDED_LIMIT = 256  # senders wait while this many replies await their commit (a slow DB)
 THROTTLE_LIMIT = 5  # throttling replies in a row (no acceptance between) that stop the run
+REQUEUE_LIMIT = 3  # 421s for one message before it is deferred like any temporary failure
+# Permanent refusals in a row, all with the same reply (the recipient's address taken out)
+# and no acceptance in this run: the relay refuses the sender or the client, not these
+# recipients ("554 5.7.1 Relay access denied"); the run stops and nobody is marked.
+REFUSAL_LIMIT = 20
 
 
 def worker_name() -> str:
@@ -95,14 +100,15 @@ class RateLimiter:
         self.interval = 1.0 / rate.per_second if rate else 0.0
         self._next = 0.0
 
-    async def wait(self) -> None:
+    async def wait(self, stop: asyncio.Event) -> None:
+        """Until this message's slot, or until `stop` is set."""
         if not self.interval:
             return
         now = time.monotonic()
         start = max(now, self._next)
         self._next = start + self.interval
         if start > now:
-            await asyncio.sleep(start - now)
+            await _sleep_unless(stop, start - now)
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,12 @@ class Dispatcher:
         # longer than its lease, say). Moved on by each renewal that finds it still ours.
         self._lease_ends: dict[int, datetime] = {}
         self._results: list[store.Result] = []
+        self._recorded = asyncio.Event()  # the recorder's own stop: after the senders end
+        self._requeues: dict[int, int] = {}
+        # Permanent refusals held back while they may be the relay's, not the recipients'.
+        self._refusals: list[tuple[store.Claimed, str, Reply, str, Decision]] = []
+        self._accepted = False
+        self._tripped = False  # REFUSAL_LIMIT reached: the relay refuses us, not them
         self._claimed = 0
         self._throttled = 0
         self._limiter = RateLimiter(options.rate)
@@ -176,6 +188,7 @@ class Dispatcher:
         self.tally = Tally(total=total, started=time.monotonic())
         recorder: asyncio.Task[None] | None = None
         senders: list[asyncio.Task[None]] = []
+        outcomes: list[Any] = []
         try:
             await self.transport.start()
             recorder = asyncio.create_task(self._record_loop())
@@ -188,28 +201,41 @@ class Dispatcher:
         finally:
             for _ in senders:
                 self._queue.put_nowait(None)
-            outcomes = await asyncio.gather(*senders, return_exceptions=True)
+            outcomes = list(await asyncio.gather(*senders, return_exceptions=True))
             self.stop.set()
+            self._recorded.set()
             if recorder is not None:
-                await recorder
+                outcomes.append((await asyncio.gather(recorder, return_exceptions=True))[0])
             await self._finish()
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
-                raise outcome  # a bug: crash loudly
+                raise outcome  # a bug: crash loudly, after the cleanup above
         if self.error is not None:
             raise self.error
         return self.tally
 
     async def _finish(self) -> None:
-        """Record what was answered, release what was not tried, close the connections."""
+        """Record what was answered, release what was not tried, close the connections.
+
+        A reply that could not be recorded keeps its delivery `sending`: the lease then makes
+        it `uncertain`. It is never released as if it had not been tried.
+        """
         try:
-            await self._flush()
-            held = list(self._held.items())
+            self._record_refusals()  # fewer than REFUSAL_LIMIT: about the recipients
+            try:
+                await self._flush()
+            except MailerError as exc:
+                self._fail(exc)
+            answered = {result.delivery_id for result in self._results}
+            held = [(i, origin) for i, origin in self._held.items() if i not in answered]
             if held:
                 now = self.clock()
-                self.tally.released += await self._in_db(
-                    lambda c: store.release(c, self.owner, held, now)
-                )
+                try:
+                    self.tally.released += await self._in_db(
+                        lambda c: store.release(c, self.owner, held, now)
+                    )
+                except MailerError as exc:
+                    self._fail(exc)
                 self._held.clear()
         finally:
             with contextlib.suppress(Exception):
@@ -235,6 +261,9 @@ class Dispatcher:
 
     async def _produce(self) -> None:
         low_water = max(self.options.concurrency * 2, self.options.batch_size // 2)
+        if self.options.rate is not None:
+            # Hold about 30 s of work at most: the rest stays free for other workers.
+            low_water = min(low_water, max(1, int(self.options.rate.per_second * 30)))
         while not self.stop.is_set():
             size = self._claim_size()
             if size <= 0:
@@ -295,7 +324,11 @@ class Dispatcher:
         except InputError as exc:
             self._record(item, DeliveryState.FAILED, None, f"not sent: {exc.message}", now)
             return
-        await self._limiter.wait()
+        await self._limiter.wait(self.stop)
+        while len(self._results) >= UNRECORDED_LIMIT and not self.stop.is_set():
+            await asyncio.sleep(0.005)  # the database is slow to commit: wait for it
+        if self.stop.is_set():
+            return  # left held: released at the end
         if not self._still_ours(item):
             self.tally.lost += 1
             return  # left held: released at the end if it is still ours after all
@@ -332,12 +365,23 @@ class Dispatcher:
                 ))
         elif reply.accepted:
             self._throttled = 0
+        if reply.accepted and not self._accepted:
+            self._accepted = True
+            self._record_refusals()
         if decision.outcome is Outcome.REQUEUED:
-            self.tally.requeued += 1
-            self._again.append(item)
-            if not self.stop.is_set():
+            self._requeues[item.delivery_id] = self._requeues.get(item.delivery_id, 0) + 1
+            if self._requeues[item.delivery_id] <= REQUEUE_LIMIT:
+                self.tally.requeued += 1
+                self._again.append(item)
                 pause = min(30.0, self.options.throttle_pause * 2 ** max(self._throttled - 1, 0))
-                await asyncio.sleep(pause)
+                await _sleep_unless(self.stop, pause)
+                return
+            decision = decide(  # refused that often: a temporary failure, charged
+                Reply(451, reply.text, reply.stage), attempts=item.attempts + 1,
+                first_attempt_at=item.first_attempt_at or now, now=now,
+                backoff=self.options.backoff, rng=self.rng,
+            )
+        if decision.outcome is Outcome.FAILED and self._hold_refusal(item, reply, text, decision):
             return
         state = DeliveryState(decision.outcome.value)
         self._record(
@@ -345,6 +389,42 @@ class Dispatcher:
             next_attempt_at=decision.next_attempt_at,
             bounce=decision.bounce,
         )
+
+    def _hold_refusal(
+        self, item: store.Claimed, reply: Reply, text: str, decision: Decision
+    ) -> bool:
+        """Hold back permanent refusals until it is clear they are about the recipients.
+
+        The same refusal (the recipient's address taken out) for REFUSAL_LIMIT recipients in
+        a row, before any acceptance in this run, is the relay refusing the sender or this
+        client (a typo in MAILER_FROM, missing credentials): the run stops (exit 78) and those
+        deliveries are released, not failed. A different reply, an acceptance or the end of
+        the run records the ones held as failed after all.
+        """
+        if self._accepted or reply.code is None:
+            return False
+        if self._tripped:
+            return True  # the run is stopping for it: released at the end with the others
+        shape = text.replace(item.recipient.address, "<>")
+        if self._refusals and self._refusals[0][1] != shape:
+            self._record_refusals()
+        self._refusals.append((item, shape, reply, text, decision))
+        if len(self._refusals) >= REFUSAL_LIMIT:
+            self._fail(ConfigError(
+                f"the relay {self.transport.description} refused the first "
+                f"{len(self._refusals)} recipients with the same reply: {text!r}",
+                hint="nobody was marked failed: check the sender (MAILER_FROM), the "
+                "credentials and the relay's rules, then run again",
+            ))
+            self._refusals.clear()  # still held: released at the end
+            self._tripped = True
+        return True
+
+    def _record_refusals(self) -> None:
+        for item, _shape, reply, text, decision in self._refusals:
+            self._record(item, DeliveryState.FAILED, reply.code, text, self.clock(),
+                         bounce=decision.bounce)
+        self._refusals.clear()
 
     def _record(
         self,
@@ -397,16 +477,25 @@ class Dispatcher:
         if not self._results:
             return
         batch, self._results = self._results, []
-        await self._in_db(lambda c: store.record(c, self.owner, batch))
+        try:
+            await self._in_db(lambda c: store.record(c, self.owner, batch))
+        except BaseException:
+            self._results[:0] = batch  # not recorded: never released as untried
+            raise
         for result in batch:
             self._held.pop(result.delivery_id, None)
             self._lease_ends.pop(result.delivery_id, None)
 
     async def _record_loop(self) -> None:
+        """Commit outcomes every FLUSH_SECONDS until the senders are done; renew the leases.
+
+        It stops on its own event, set once every sender has finished, so replies that come
+        after a Ctrl-C are still committed promptly. Any failure stops the whole run.
+        """
         renew_every = self.options.lease_seconds / 3
         renewed = time.monotonic()
         while True:
-            stopping = self.stop.is_set()
+            stopping = self._recorded.is_set()
             try:
                 await self._flush()
                 if time.monotonic() - renewed > renew_every and self._held:
@@ -415,15 +504,24 @@ class Dispatcher:
             except MailerError as exc:
                 self._fail(exc)
                 return
+            except BaseException:
+                self.stop.set()  # a bug: stop sending now; run() re-raises it after cleanup
+                raise
             self._report()
             if stopping:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), FLUSH_SECONDS)
+                await asyncio.wait_for(self._recorded.wait(), FLUSH_SECONDS)
 
     def _report(self) -> None:
         if self.progress is not None:
             self.progress(self.tally)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep, but wake up as soon as `stop` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def _describe(reply: Reply) -> str:

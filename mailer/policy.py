@@ -11,8 +11,10 @@
                                             deferred   (next try after the backoff), or failed
                                                         once the first attempt is older than
                                                         the give-up age
-    5xx                                     failed     (5.1.x — bad mailbox or domain — also
-                                                        marks the subscriber bounced)
+    5xx                                     failed     (5.1.1, 5.1.2, 5.1.3, 5.1.6, 5.1.10 —
+                                                        no such mailbox or domain — also mark
+                                                        the subscriber bounced, unless the
+                                                        reply speaks of the sender)
 
 A 421 or an enhanced status 4.7.x is throttling: the dispatcher counts them in a row and stops
 the whole run (exit 75) when the relay keeps throttling, before any subscriber pays for it.
@@ -30,6 +32,9 @@ from enum import StrEnum
 from mailer.transport import Reply, Stage
 
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+# RFC 3463 statuses that say the recipient's address does not exist: the subscriber is marked
+# bounced. Not the rest of 5.1.x: 5.1.0, 5.1.7 and 5.1.8 are about the sender.
+BAD_MAILBOX = frozenset({"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10"})
 JITTER = 0.1  # up to +10 % on each delay, so deferred deliveries do not all return at once
 
 
@@ -103,7 +108,8 @@ def decide(
             attempts, first_attempt_at, now, backoff, rng, throttle=is_throttling(reply)
         )
     status = enhanced_status(reply.text) or ""
-    return Decision(Outcome.FAILED, bounce=status.startswith("5.1."))
+    about_sender = "sender" in reply.text.lower()
+    return Decision(Outcome.FAILED, bounce=status in BAD_MAILBOX and not about_sender)
 
 
 def _temporary(

@@ -230,3 +230,27 @@ def test_nothing_is_sent_once_its_lease_has_run_out(
         assert len(transport.received) == 1
         assert (tally.sent, tally.lost) == (1, 9)
         assert sorted(states(engine).values()) == ["pending"] * 9 + ["sent"]
+
+
+def test_a_subscriber_erased_while_being_sent_does_not_stop_the_run(
+    ready: Settings, tmp_path: Path, clock: FakeClock
+) -> None:
+    """`mailer subscribers forget` during a send deletes a delivery this worker holds: its
+    outcome has nothing to be recorded against, and the others are recorded as usual."""
+    from mailer import api
+
+    seed(ready, tmp_path, emails(6))
+    erased: list[str] = []
+
+    def forget_one(submission, seen):  # type: ignore[no-untyped-def]
+        if not erased:
+            erased.append("ok00005@asso.fr")
+            api.forget(ready, "ok00005@asso.fr")
+        return ACCEPT
+
+    transport = MemoryTransport(forget_one)
+    with opened(ready) as engine:
+        row = queue(engine, clock)
+        run(engine, ready, row, transport, clock, concurrency=1)
+        assert states(engine) == {f"ok0000{i}@asso.fr": "sent" for i in range(5)}
+        assert len(attempts_log(engine)) == 5

@@ -64,12 +64,27 @@ def test_soft_refusals_defer_everyone(listed, smtp_sink_factory) -> None:  # typ
 
 
 def test_hard_refusals_fail_without_marking_bounces(listed, smtp_sink_factory) -> None:  # type: ignore[no-untyped-def]
-    cli = listed(30, smtp_sink_factory("-f", "RCPT"))
+    cli = listed(12, smtp_sink_factory("-f", "RCPT"))
     code, counts = send(cli)
     assert code == 0
-    assert counts == {**dict.fromkeys(STATES, 0), "failed": 30}
+    assert counts == {**dict.fromkeys(STATES, 0), "failed": 12}
     subscribers = json.loads(cli("status", "--json").stdout)["subscribers"]
     assert subscribers["bounced"] == 0  # 5.3.0 is not about the mailbox
+
+
+def test_a_relay_refusing_everyone_alike_stops_the_run_and_marks_nobody(  # type: ignore[no-untyped-def]
+    listed, smtp_sink_factory
+) -> None:
+    """Twenty identical refusals before any acceptance: the relay refuses the sender or the
+    client (Postfix gives "Relay access denied" or "Sender address rejected" at RCPT), not
+    the recipients. Exit 78; every delivery is released, none failed, none bounced."""
+    cli = listed(60, smtp_sink_factory("-f", "RCPT", "-B", "550 5.1.0 Sender address rejected"))
+    result = cli("send", "closure-notice")
+    assert result.code == 78
+    assert "refused the first 20 recipients with the same reply" in result.stderr
+    counts = json.loads(cli("status", "closure-notice", "--json").stdout)["counts"]
+    assert counts == {**dict.fromkeys(STATES, 0), "pending": 60}
+    assert json.loads(cli("status", "--json").stdout)["subscribers"]["bounced"] == 0
 
 
 def test_bad_mailbox_replies_mark_bounces(listed, smtp_sink_factory) -> None:  # type: ignore[no-untyped-def]

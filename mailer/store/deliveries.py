@@ -19,9 +19,11 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Integer,
     Select,
     String,
     Table,
+    Text,
     and_,
     bindparam,
     cast,
@@ -34,7 +36,7 @@ from sqlalchemy import (
     update,
 )
 
-from mailer.models import Attempt, Campaign, Delivery, Subscriber
+from mailer.models import Attempt, Campaign, Delivery, Subscriber, UTCDateTime
 from mailer.render import Recipient
 from mailer.states import DeliveryState, SubscriberStatus
 from mailer.store.engine import dialect_insert
@@ -421,6 +423,21 @@ _RECORD = (
 )
 
 
+# The attempt, for a delivery that still exists: one erased (`subscribers forget`) while it
+# was being sent has nothing left to log against.
+_LOG = insert(_ATTEMPTS).from_select(
+    ["delivery_id", "at", "worker", "outcome", "code", "reply"],
+    select(
+        _DELIVERIES.c.id,
+        bindparam("a_at", type_=UTCDateTime()),
+        bindparam("a_worker", type_=String()),
+        bindparam("a_outcome", type_=String()),
+        bindparam("a_code", type_=Integer()),
+        bindparam("a_reply", type_=Text()),
+    ).where(_DELIVERIES.c.id == bindparam("a_id")),
+)
+
+
 def record(connection: Connection, owner: str, results: Sequence[Result]) -> None:
     """Store a batch of outcomes and append them to the attempts log; one transaction."""
     if not results:
@@ -441,14 +458,11 @@ def record(connection: Connection, owner: str, results: Sequence[Result]) -> Non
             for r in results
         ],
     )
-    connection.execute(
-        insert(_ATTEMPTS),
-        [
-            {"delivery_id": r.delivery_id, "at": r.at, "worker": owner,
-             "outcome": r.state.value, "code": r.code, "reply": r.reply}
-            for r in results
-        ],
-    )
+    connection.execute(_LOG, [
+        {"a_id": r.delivery_id, "a_at": r.at, "a_worker": owner, "a_outcome": r.state.value,
+         "a_code": r.code, "a_reply": r.reply}
+        for r in results
+    ])
     bounced = sorted({r.subscriber_id for r in results if r.subscriber_id is not None})
     if bounced:
         now = max(r.at for r in results)

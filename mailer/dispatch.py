@@ -148,6 +148,7 @@ class Dispatcher:
         self.owner = owner or worker_name()
         self.progress = progress
         self.on_signal: Callable[[int], None] | None = None  # also told of Ctrl-C / SIGTERM
+        self.leave_on_second_signal = True  # a worker child leaves that to its parent
         self.rng = rng or random.Random()
         self.tally = Tally()
         self.stop = asyncio.Event()

@@ -166,17 +166,20 @@ def _stop_on_signals(dispatcher: Dispatcher) -> Iterator[None]:
     installed = []
 
     def stop(signum: int) -> None:
-        if dispatcher.stop.is_set() and dispatcher.tally.signal:
-            # A second Ctrl-C: leave now, without waiting for a slow relay. What is held
-            # stays `sending` and becomes `uncertain` when its lease expires: safe.
-            os.write(2, b"Stopped at once: the deliveries in flight become uncertain and "
-                        b"`mailer retry` resends them once their lease expires.\n")
-            os._exit(128 + signum)
+        again = dispatcher.stop.is_set() and bool(dispatcher.tally.signal)
+        if dispatcher.on_signal is not None:
+            dispatcher.on_signal(signum)  # the other worker processes, if any
+        if again:
+            if dispatcher.leave_on_second_signal:
+                # A second Ctrl-C: leave now, without waiting for a slow relay. What is held
+                # stays `sending` and becomes `uncertain` when its lease expires: safe.
+                os.write(2, b"Stopped at once: the deliveries in flight become uncertain "
+                            b"and `mailer retry` resends them once their lease expires.\n")
+                os._exit(128 + signum)
+            return
         dispatcher.tally.interrupted = True
         dispatcher.tally.signal = signum
         dispatcher.stop.set()
-        if dispatcher.on_signal is not None:
-            dispatcher.on_signal(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:

@@ -47,10 +47,17 @@ def _tally(data: dict[str, Any]) -> Tally:
     return Tally(**{k: v for k, v in data.items() if k in names})
 
 
+def _own_group() -> None:
+    """A child leaves the terminal's process group: a Ctrl-C reaches the parent only, which
+    passes it on once (twice would read as "leave at once")."""
+    os.setpgid(0, 0)
+
+
 def _child(
     index: int, url: str, concurrency: int, rate_share: float, total: int, build: Build,
     run: Run, channel: Any,
 ) -> None:
+    _own_group()
     engine = open_engine(url)
     try:
         def report(tally: Tally) -> None:
@@ -58,6 +65,7 @@ def _child(
 
         dispatcher = build(index, engine, concurrency, rate_share)
         dispatcher.progress = report
+        dispatcher.leave_on_second_signal = False  # the parent decides, and SIGKILLs
         tally = run(dispatcher, total)
         channel.put(("done", index, asdict(tally)))
     except MailerError as exc:
@@ -129,11 +137,16 @@ def run_workers(
         if progress is not None:
             progress(merged(own))
 
+    signals = 0
+
     def forward(signum: int, _frame: Any) -> None:
+        """The first signal asks the children to stop cleanly; a second one ends them."""
+        nonlocal signals
+        signals += 1
         for child in children:
             if child.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signum)
+                    os.kill(child.pid, signum if signals == 1 else signal.SIGKILL)
 
     own_dispatcher = build(0, engine, connections[0], connections[0] / concurrency)
     own_dispatcher.progress = report
@@ -173,6 +186,7 @@ Check = Callable[[int, int, Engine, Callable[[int, int], None] | None], Prefligh
 
 
 def _check_child(index: int, workers: int, url: str, check: Check, channel: Any) -> None:
+    _own_group()
     engine = open_engine(url)
     try:
         channel.put(("done", index, check(index, workers, engine, None)))
@@ -205,6 +219,7 @@ def check_in_workers(
         if progress is not None:
             progress(min(done * workers, total), total)  # this process sees its share only
 
+    finished = False
     try:
         report = check(0, workers, engine, scaled)
         results: dict[int, PreflightReport] = {}
@@ -220,9 +235,10 @@ def check_in_workers(
             results[index] = data
         for index in sorted(results):
             report.merge(results[index])
+        finished = True
     finally:
         for child in children:
-            child.join(timeout=5)
+            child.join(timeout=5 if finished else 0)
             if child.is_alive():
-                child.kill()
+                child.kill()  # interrupted (Ctrl-C) or failed: their checks are not wanted
     return report

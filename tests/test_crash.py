@@ -608,11 +608,13 @@ def test_a_second_ctrl_c_leaves_at_once_and_retry_resends_what_was_in_flight(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("to_group", [False, True], ids=["parent", "process-group"])
 def test_sigterm_stops_every_worker_of_a_multi_process_send(
-    setup: Setup, smtp_server_factory: ServerFactory, cli: Any,
+    setup: Setup, smtp_server_factory: ServerFactory, cli: Any, to_group: bool,
 ) -> None:
-    """SIGTERM to `mailer send --workers 2` (what systemd, docker stop or `kill PID` send: to
-    the parent alone) stops both processes like a single one: within seconds, exit 143, at
+    """SIGTERM to `mailer send --workers 2` (what `kill PID` or docker stop send: to the
+    parent alone; or to its whole process group, like a terminal's Ctrl-C) stops both
+    processes like a single one: within seconds, exit 143, at
     most the transactions in progress completed after the signal, nothing left `sending`.
     (Before 21c944e the forked worker went on sending the whole list: the parent's event
     loop had replaced the handler that forwards the signal.)"""
@@ -620,7 +622,13 @@ def test_sigterm_stops_every_worker_of_a_multi_process_send(
                     slow_seconds=STOP_SLOW)
     sender = setup.start("send", CAMPAIGN, "--workers", "2")
     wait_for("the relay to receive 30 messages", lambda: received(relay) >= 30, sender)
-    sender.process.send_signal(signal.SIGTERM)
+    if to_group:
+        # What a terminal's Ctrl-C or systemd's control-group stop does: every process of
+        # the group gets it (the workers left the group: only the parent does, and passes it
+        # on once; twice would read as "leave at once").
+        os.killpg(sender.pid, signal.SIGTERM)
+    else:
+        sender.process.send_signal(signal.SIGTERM)
     at_signal = received(relay)
     done = sender.finish(timeout=STOP_TIMEOUT + EXIT_TIMEOUT)
     after = received(relay) - at_signal

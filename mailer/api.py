@@ -365,7 +365,7 @@ def report(
                 item.email, item.first_name or "", item.last_name or "", item.subscriber_status,
                 item.state, str(item.attempts), "" if item.last_code is None
                 else str(item.last_code), item.last_reply or "",
-                _iso(item.first_attempt_at), _iso(item.updated_at if item.attempts else None),
+                _iso(item.first_attempt_at), _iso(item.last_attempt_at),
                 _iso(item.next_attempt_at), _iso(item.sent_at), item.message_id,
             ]
 

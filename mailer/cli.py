@@ -7,6 +7,7 @@ error, and only on a terminal.
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import sys
@@ -475,7 +476,8 @@ def _send_progress(label: str, enabled: bool) -> Iterator[SendBars]:
             bar.update(
                 sending, completed=tally.done, total=tally.total or None, visible=True,
                 detail=f"sent {tally.sent} · deferred {tally.deferred} · failed "
-                f"{tally.failed + tally.uncertain} · {rate:.0f}/s",
+                f"{tally.failed}" + (f" · uncertain {tally.uncertain}" if tally.uncertain
+                                     else "") + f" · {rate:.0f}/s",
             )
 
         yield SendBars(check, send)
@@ -513,6 +515,9 @@ def _print_run(report: RunReport) -> None:
             "sends each when due.",
             markup=False,
         )
+    if tally.lost:
+        out.print(f"Not sent: {tally.lost} claimed deliveries whose lease ran out first (the "
+                  "process was paused?); another run may have taken them over.", markup=False)
     if tally.uncertain or counts.get("uncertain"):
         out.print(
             f"Uncertain: {counts.get('uncertain', tally.uncertain)} (the connection broke after "
@@ -537,7 +542,7 @@ def send_command(
     ],
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check and count everything; connect to nothing, "
-                           "write nothing.")
+                           "queue nothing.")
     ] = False,
     limit: Annotated[
         int | None, typer.Option(help="Send at most N in this run (a first small batch).",
@@ -628,16 +633,28 @@ def retry_command(
     )
     with _send_progress("Retrying", not as_json) as bars:
         reports = api.retry(settings, campaign, outbox=outbox, progress=bars.send)
+    sent = [r for r in reports if r.error is None]
     if as_json:
         if campaign is not None:
-            _print_json(reports[0].as_json() if reports else api.status(settings, campaign))
+            _print_json(sent[0].as_json() if sent else api.status(settings, campaign))
         else:
-            _print_json({"campaigns": [r.as_json() for r in reports]})
+            # `mailer status --json`'s shape, with what this run did for each campaign it ran.
+            data = api.status(settings)
+            runs = {r.campaign: r.as_json()["run"] for r in sent}
+            for item in data["campaigns"]:
+                if item["campaign"] in runs:
+                    item["run"] = runs[item["campaign"]]
+            _print_json(data)
     elif not reports:
         out.print("Nothing is due.")
-    for report in [] if as_json else reports:
+    for report in [] if as_json else sent:
         _print_run(report)
     _exit_if_interrupted(reports)
+    errors = [(r.campaign, r.error) for r in reports if r.error is not None]
+    for name, error in errors[1:]:
+        err.print(f"Error: {name}: {error.message}", markup=False)
+    if errors:
+        raise errors[0][1]  # after the others were sent: exit 1 so cron reports it
 
 
 @app.command("report")
@@ -664,6 +681,8 @@ def report_command(
     Example: mailer report closure-notice --state failed --csv echecs.csv
     """
     rows = api.report(_global(ctx).settings(), campaign, state)
+    rows = itertools.chain([next(rows)], rows)  # the header: an unknown campaign fails here,
+    # before --csv opens (and empties) the file
     if delimiter not in {",", ";", "\t", "|"}:
         raise InputError(f"invalid delimiter {delimiter!r}", hint="use , or ; (or a tab, |)")
     written = write_report(rows, csv_path, delimiter)

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from mailer.campaign import Campaign, load_campaign
 from mailer.clock import Clock, system_clock
 from mailer.config import Rate, Settings
 from mailer.dispatch import Dispatcher, ProgressFn, RunOptions, Tally
-from mailer.errors import ConfigError, InputError, NotFoundError
+from mailer.errors import ConfigError, InputError, MailerError, NotFoundError
 from mailer.messages import MessageFactory
 from mailer.policy import Backoff
 from mailer.preflight import PreflightReport, preflight
@@ -37,7 +37,7 @@ from mailer.render import Recipient
 from mailer.states import DeliveryState
 from mailer.store import deliveries as store
 from mailer.store import meta, stats
-from mailer.store.engine import LOCK_TIMEOUT_MS, read_transaction, write_transaction
+from mailer.store.engine import read_transaction, write_transaction
 from mailer.transport import Transport
 from mailer.workers import check_in_workers, run_workers
 
@@ -68,6 +68,7 @@ class RunReport:
     check: PreflightReport | None = None
     tally: Tally = field(default_factory=Tally)
     status: dict[str, Any] = field(default_factory=dict)  # the contract's status shape after
+    error: MailerError | None = None  # retry: this campaign could not be sent (see message)
 
     def as_json(self) -> dict[str, Any]:
         """The contract's status shape, plus what this run did (extra keys)."""
@@ -82,6 +83,7 @@ class RunReport:
             "uncertain": self.tally.uncertain,
             "skipped": self.tally.skipped,
             "released": self.tally.released,
+            "lease_lost": self.tally.lost,
             "interrupted": self.tally.interrupted,
             "seconds": round(self.tally.elapsed, 3),
         }
@@ -227,7 +229,7 @@ def send(
     include_uncertain = settings.uncertain == "resend"
     # Checking and queueing, one process at a time per campaign (PostgreSQL): workers that
     # start together do not all check the same list; the later ones find it queued.
-    with campaign_lock(engine, name):
+    with store.campaign_lock(engine, name):
         with write_transaction(engine) as connection:
             secret = _secret(settings, connection)
             row = store.find_campaign(connection, name)
@@ -306,29 +308,6 @@ def _preflight(
     return check_in_workers(engine, workers, check, progress)
 
 
-@contextlib.contextmanager
-def campaign_lock(engine: Engine, name: str) -> Iterator[None]:
-    """On PostgreSQL, a session advisory lock per campaign name; nothing on SQLite, where
-    one machine's processes share the work with --workers."""
-    if engine.dialect.name != "postgresql":
-        yield
-        return
-    digest = hashlib.sha256(f"mailer send {name}".encode()).digest()
-    key = int.from_bytes(digest[:8], "big", signed=True)
-    with engine.connect() as connection:
-        # Another process may hold it for a whole pre-flight (minutes for a long list):
-        # wait for it however long, unlike row locks.
-        connection.execute(text("SET lock_timeout = 0"))
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        connection.commit()
-        try:
-            yield
-        finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-            connection.execute(text(f"SET lock_timeout = {LOCK_TIMEOUT_MS}"))
-            connection.commit()
-
-
 def _run(
     engine: Engine,
     row: store.CampaignRow,
@@ -396,16 +375,24 @@ def retry(
     reports: list[RunReport] = []
     if not names:
         return reports
-    open_transport(settings, outbox, settings.concurrency)  # a missing relay: refuse first
+    description = open_transport(settings, outbox, settings.concurrency).description
     for campaign_name in names:
-        campaign = load_campaign(settings, campaign_name)
-        description = open_transport(settings, outbox, settings.concurrency).description
-        with read_transaction(engine) as connection:
-            row = store.find_campaign(connection, campaign_name)
-            assert row is not None
-            _check_unchanged(row, fingerprint(campaign), accept=False)
-            total = store.count_due(connection, row.id, clock(), include_uncertain)
-        report = RunReport(campaign_name, description, due=total)
+        report = RunReport(campaign_name, description)
+        try:
+            campaign = load_campaign(settings, campaign_name)
+            with read_transaction(engine) as connection:
+                row = store.find_campaign(connection, campaign_name)
+                assert row is not None
+                _check_unchanged(row, fingerprint(campaign), accept=False)
+                report.due = total = store.count_due(
+                    connection, row.id, clock(), include_uncertain
+                )
+        except (InputError, NotFoundError) as exc:
+            # This campaign's folder is gone or changed: say so, and go on with the others
+            # (one broken campaign must not keep cron from the rest).
+            report.error = exc
+            reports.append(report)
+            continue
         report.tally = _run(
             engine, row, _factory(campaign, secret, row.nonce), settings, outbox,
             limit=None, include_uncertain=include_uncertain,

@@ -594,6 +594,11 @@ class SmtpPool:
                 exc, stage, relay=self.relay, secret=self._password, timeout=waited
             )
             if isinstance(outcome, MailerError):
+                if stage is Stage.DATA_END:
+                    # Whatever broke, it broke after the whole message was handed over:
+                    # the relay may have it. That is this message's outcome (uncertain),
+                    # not a reason to release it as untried.
+                    return Reply(None, f"the connection failed: {outcome.message}", stage)
                 raise outcome from exc
             if outcome.code is not None and outcome.code != 421:
                 await self._reset(smtp)

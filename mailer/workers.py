@@ -33,7 +33,7 @@ from mailer.store.engine import open_engine
 # (worker index, its engine, its share of the connections, of the rate) -> its dispatcher
 Build = Callable[[int, Engine, int, float], Dispatcher]
 Run = Callable[[Dispatcher, int], Tally]
-_COUNTS = ("sent", "deferred", "failed", "uncertain", "skipped", "released", "requeued")
+_COUNTS = ("sent", "deferred", "failed", "uncertain", "skipped", "released", "requeued", "lost")
 
 
 def shares(total: int, parts: int) -> list[int]:

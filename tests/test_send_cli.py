@@ -153,7 +153,8 @@ def test_retry_with_nothing_due_exits_quickly(listed) -> None:  # type: ignore[n
     result = listed("retry")
     assert result.code == 0
     assert result.stdout == "Nothing is due.\n"
-    assert listed("retry", "--json").stdout.strip() == '{\n  "campaigns": []\n}'
+    assert json.loads(listed("retry", "--json").stdout) == {
+        "subscribers": {"active": ACTIVE, "unsubscribed": 0, "bounced": 0}, "campaigns": []}
     unknown = listed("retry", "no-such-campaign")
     assert unknown.code == 1
     assert "unknown campaign" in unknown.stderr
@@ -165,6 +166,7 @@ def test_retry_sends_what_an_interrupted_send_left(listed, tmp_path: Path) -> No
     assert result.code == 0, result.stderr
     data = json.loads(result.stdout)
     assert [c["counts"]["sent"] for c in data["campaigns"]] == [ACTIVE]
+    assert data["campaigns"][0]["run"]["sent"] == ACTIVE - 4
     assert len(list((tmp_path / "out").glob("*.eml"))) == ACTIVE
 
 
@@ -248,3 +250,27 @@ def test_the_progress_bar_on_a_terminal(listed, monkeypatch: pytest.MonkeyPatch)
     assert "Sending closure-notice" in drawn
     assert f"sent {ACTIVE} · deferred 0 · failed 0" in drawn
     assert listed("retry", "--outbox", "out").code == 0
+
+
+def test_retry_goes_on_past_a_broken_campaign(listed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two campaigns with work due; the first one's templates changed since: retry sends the
+    other one, then reports the first (exit 1), so cron is not stuck on it forever."""
+    shutil.copytree(tmp_path / "templates" / "closure-notice", tmp_path / "templates" / "second")
+    assert listed("send", "closure-notice", "--outbox", "out", "--limit", "1").code == 0
+    assert listed("send", "second", "--outbox", "out", "--limit", "1").code == 0
+    subject = tmp_path / "templates" / "closure-notice" / "subject.txt"
+    subject.write_text("Autre sujet\n", encoding="utf-8")
+    result = listed("retry", "--outbox", "out", "--json")
+    assert result.code == 1
+    assert "has changed since it was first sent" in result.stderr
+    data = json.loads(result.stdout)
+    assert set(data) == {"subscribers", "campaigns"}
+    counts = {c["campaign"]: c["counts"]["sent"] for c in data["campaigns"]}
+    assert counts == {"closure-notice": 1, "second": ACTIVE}
+    assert "run" in next(c for c in data["campaigns"] if c["campaign"] == "second")
+
+
+def test_report_of_an_unknown_campaign_leaves_the_file_alone(listed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "keep.csv").write_text("précieux\n", encoding="utf-8")
+    assert listed("report", "nope", "--csv", "keep.csv").code == 1
+    assert (tmp_path / "keep.csv").read_text(encoding="utf-8") == "précieux\n"

@@ -12,6 +12,8 @@ without waiting for one another.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Engine,
     Integer,
     Select,
     String,
@@ -33,13 +36,14 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     update,
 )
 
 from mailer.models import Attempt, Campaign, Delivery, Subscriber, UTCDateTime
 from mailer.render import Recipient
 from mailer.states import DeliveryState, SubscriberStatus
-from mailer.store.engine import dialect_insert
+from mailer.store.engine import LOCK_TIMEOUT_MS, dialect_insert
 
 S = DeliveryState
 ACTIVE = SubscriberStatus.ACTIVE.value
@@ -110,6 +114,29 @@ def accept_changes(
         .values(template_hash=fingerprint, snapshot={**snapshot, "nonce": row.snapshot["nonce"]},
                 updated_at=now)
     )
+
+
+@contextlib.contextmanager
+def campaign_lock(engine: Engine, name: str) -> Iterator[None]:
+    """On PostgreSQL, a session advisory lock per campaign name; nothing on SQLite, where
+    one machine's processes share the work with --workers."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    digest = hashlib.sha256(f"mailer send {name}".encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    with engine.connect() as connection:
+        # Another process may hold it for a whole pre-flight (minutes for a long list):
+        # wait for it however long, unlike row locks.
+        connection.execute(text("SET lock_timeout = 0"))
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.execute(text(f"SET lock_timeout = {LOCK_TIMEOUT_MS}"))
+            connection.commit()
 
 
 # --- enqueue -------------------------------------------------------------------------------
@@ -537,7 +564,8 @@ def report_rows(
             Delivery.last_code,
             Delivery.last_reply,
             Delivery.first_attempt_at,
-            Delivery.updated_at,
+            select(func.max(Attempt.at)).where(Attempt.delivery_id == Delivery.id)
+            .scalar_subquery().label("last_attempt_at"),
             Delivery.next_attempt_at,
             Delivery.sent_at,
             Delivery.message_id,

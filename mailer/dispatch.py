@@ -46,7 +46,7 @@ from mailer.transport import Reply, Stage, Submission, Transport
 
 T = TypeVar("T")
 FLUSH_SECONDS = 0.1  # outcomes are committed at most this long after the relay's reply
-UNRECORDED_LIMIT = 256  # senders wait while this many replies await their commit (a slow DB)
+UNRECORDED_LIMIT = 1000  # senders wait while this many replies await their commit (slow DB)
 THROTTLE_LIMIT = 5  # throttling replies in a row (no acceptance between) that stop the run
 REQUEUE_LIMIT = 3  # 421s for one message before it is deferred like any temporary failure
 # Permanent refusals in a row, all with the same reply (the recipient's address taken out)

@@ -33,6 +33,10 @@ from mailer.store.engine import open_engine
 # (worker index, its engine, its share of the connections, of the rate) -> its dispatcher
 Build = Callable[[int, Engine, int, float], Dispatcher]
 Run = Callable[[Dispatcher, int], Tally]
+# (worker index, worker count, its engine, progress or None) -> the report on its share
+Check = Callable[[int, int, Engine, Callable[[int, int], None] | None], PreflightReport]
+# What a child does: (its index, its own engine, the channel to the parent) -> its result
+Work = Callable[[int, Engine, Any], Any]
 _COUNTS = ("sent", "deferred", "failed", "uncertain", "skipped", "released", "requeued", "lost")
 
 
@@ -47,39 +51,67 @@ def _tally(data: dict[str, Any]) -> Tally:
     return Tally(**{k: v for k, v in data.items() if k in names})
 
 
-def _own_group() -> None:
-    """A child leaves the terminal's process group: a Ctrl-C reaches the parent only, which
-    passes it on once (twice would read as "leave at once")."""
-    os.setpgid(0, 0)
-
-
-def _child(
-    index: int, url: str, concurrency: int, rate_share: float, total: int, build: Build,
-    run: Run, channel: Any,
-) -> None:
-    _own_group()
-    engine = open_engine(url)
-    try:
-        def report(tally: Tally) -> None:
-            channel.put(("tally", index, asdict(tally)))
-
-        dispatcher = build(index, engine, concurrency, rate_share)
-        dispatcher.progress = report
-        dispatcher.leave_on_second_signal = False  # the parent decides, and SIGKILLs
-        tally = run(dispatcher, total)
-        channel.put(("done", index, asdict(tally)))
-    except MailerError as exc:
-        channel.put(("error", index, (type(exc).__name__, exc.exit_code, exc.message, exc.hint)))
-    finally:
-        engine.dispose()
-
-
 class _Error(MailerError):
     """A child's MailerError, carried back with its exit code."""
 
     def __init__(self, exit_code: int, message: str, hint: str | None) -> None:
         super().__init__(message, hint=hint)
         self.exit_code = exit_code
+
+
+def _child(index: int, url: str, work: Work, channel: Any) -> None:
+    """A forked worker: its own process group (a Ctrl-C reaches the parent only, which
+    passes it on once: twice would read as "leave at once"), its own database connections;
+    its result or its MailerError goes back through `channel`."""
+    os.setpgid(0, 0)
+    engine = open_engine(url)
+    try:
+        channel.put(("done", index, work(index, engine, channel)))
+    except MailerError as exc:
+        channel.put(("error", index, (exc.exit_code, exc.message, exc.hint)))
+    finally:
+        engine.dispose()
+
+
+class _Children:
+    """workers-1 forked children running `work`, and the channel they report on."""
+
+    def __init__(self, engine: Engine, workers: int, work: Work) -> None:
+        context = multiprocessing.get_context("fork")
+        self.channel: Any = context.Queue()
+        url = engine.url.render_as_string(hide_password=False)
+        engine.dispose()  # the children must not inherit open database connections
+        self.processes = [
+            context.Process(target=_child, args=(index, url, work, self.channel), daemon=True)
+            for index in range(1, workers)
+        ]
+        for process in self.processes:
+            process.start()
+
+    def messages(self, timeout: float | None = None) -> list[tuple[str, int, Any]]:
+        """What the children sent: everything waiting, or the first within `timeout`."""
+        found = []
+        with contextlib.suppress(queue_module.Empty):
+            if timeout is not None:
+                found.append(self.channel.get(timeout=timeout))
+            while True:
+                found.append(self.channel.get_nowait())
+        return found
+
+    def died(self) -> bool:
+        return any(p.exitcode not in (None, 0) for p in self.processes)
+
+    def signal(self, signum: int) -> None:
+        for process in self.processes:
+            if process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signum)
+
+    def stop(self, wait: float) -> None:
+        for process in self.processes:
+            process.join(timeout=wait)
+            if process.is_alive():
+                process.kill()
 
 
 def run_workers(
@@ -92,37 +124,32 @@ def run_workers(
     progress: ProgressFn | None,
 ) -> Tally:
     """Run `workers` dispatchers (this process and workers-1 forked children); sum them."""
-    context = multiprocessing.get_context("fork")
-    channel: Any = context.Queue()
     connections = shares(concurrency, workers)
-    url = engine.url.render_as_string(hide_password=False)
-    engine.dispose()  # the children must not inherit open database connections
-    children = [
-        context.Process(
-            target=_child,
-            args=(index, url, connections[index], connections[index] / concurrency, total,
-                  build, run, channel),
-            daemon=True,
-        )
-        for index in range(1, workers)
-    ]
-    for child in children:
-        child.start()
+
+    def work(index: int, child_engine: Engine, channel: Any) -> dict[str, Any]:
+        def report(tally: Tally) -> None:
+            channel.put(("tally", index, asdict(tally)))
+
+        dispatcher = build(index, child_engine, connections[index],
+                           connections[index] / concurrency)
+        dispatcher.progress = report
+        dispatcher.leave_on_second_signal = False  # the parent decides, and kills
+        return asdict(run(dispatcher, total))
+
+    children = _Children(engine, workers, work)
     latest: dict[int, Tally] = {}
     finished: dict[int, Tally] = {}
     errors: list[MailerError] = []
 
-    def drain() -> None:
-        with contextlib.suppress(queue_module.Empty):
-            while True:
-                kind, index, data = channel.get_nowait()
-                if kind == "error":
-                    errors.append(_Error(data[1], data[2], data[3]))
-                    finished.setdefault(index, Tally())
-                else:
-                    latest[index] = _tally(data)
-                    if kind == "done":
-                        finished[index] = latest[index]
+    def drain(timeout: float | None = None) -> None:
+        for kind, index, data in children.messages(timeout):
+            if kind == "error":
+                errors.append(_Error(*data))
+                finished.setdefault(index, Tally())
+            else:
+                latest[index] = _tally(data)
+                if kind == "done":
+                    finished[index] = latest[index]
 
     def merged(own: Tally) -> Tally:
         drain()
@@ -143,10 +170,7 @@ def run_workers(
         """The first signal asks the children to stop cleanly; a second one ends them."""
         nonlocal signals
         signals += 1
-        for child in children:
-            if child.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signum if signals == 1 else signal.SIGKILL)
+        children.signal(signum if signals == 1 else signal.SIGKILL)
 
     own_dispatcher = build(0, engine, connections[0], connections[0] / concurrency)
     own_dispatcher.progress = report
@@ -159,17 +183,16 @@ def run_workers(
         except MailerError as exc:
             errors.insert(0, exc)
         signal.signal(signal.SIGTERM, forward)  # the loop's removal reset it to the default
-        for child in children:
-            while child.is_alive() or child.exitcode is None:
-                drain()
-                child.join(timeout=0.1)
+        while any(process.is_alive() for process in children.processes):
+            drain(timeout=0.1)
+        children.stop(wait=5)  # all have exited: reap them
         drain()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    for index, child in enumerate(children, start=1):
-        if index not in finished and child.exitcode != 0:
+    for index, process in enumerate(children.processes, start=1):
+        if index not in finished and process.exitcode != 0:
             errors.append(WorkerError(
-                f"a sending worker process died (exit status {child.exitcode}); the "
+                f"a sending worker process died (exit status {process.exitcode}); the "
                 "deliveries it held are resent by `mailer retry` once their lease expires"
             ))
     if errors:
@@ -181,21 +204,6 @@ def run_workers(
     return result
 
 
-# (worker index, worker count, its engine, progress or None) -> the report on its share
-Check = Callable[[int, int, Engine, Callable[[int, int], None] | None], PreflightReport]
-
-
-def _check_child(index: int, workers: int, url: str, check: Check, channel: Any) -> None:
-    _own_group()
-    engine = open_engine(url)
-    try:
-        channel.put(("done", index, check(index, workers, engine, None)))
-    except MailerError as exc:
-        channel.put(("error", index, (type(exc).__name__, exc.exit_code, exc.message, exc.hint)))
-    finally:
-        engine.dispose()
-
-
 def check_in_workers(
     engine: Engine,
     workers: int,
@@ -203,17 +211,10 @@ def check_in_workers(
     progress: Callable[[int, int], None] | None,
 ) -> PreflightReport:
     """The pre-flight of the whole list, its shares checked by `workers` processes at once."""
-    context = multiprocessing.get_context("fork")
-    channel: Any = context.Queue()
-    url = engine.url.render_as_string(hide_password=False)
-    engine.dispose()
-    children = [
-        context.Process(target=_check_child, args=(index, workers, url, check, channel),
-                        daemon=True)
-        for index in range(1, workers)
-    ]
-    for child in children:
-        child.start()
+    children = _Children(
+        engine, workers, lambda index, child_engine, _channel: check(index, workers,
+                                                                     child_engine, None)
+    )
 
     def scaled(done: int, total: int) -> None:
         if progress is not None:
@@ -223,22 +224,17 @@ def check_in_workers(
     try:
         report = check(0, workers, engine, scaled)
         results: dict[int, PreflightReport] = {}
-        while len(results) < len(children):
-            try:
-                kind, index, data = channel.get(timeout=0.5)
-            except queue_module.Empty:
-                if any(c.exitcode not in (None, 0) for c in children):
-                    raise WorkerError("a pre-flight worker process died") from None
-                continue
-            if kind == "error":
-                raise _Error(data[1], data[2], data[3])
-            results[index] = data
+        while len(results) < len(children.processes):
+            for kind, index, data in children.messages(timeout=0.5):
+                if kind == "error":
+                    raise _Error(*data)
+                results[index] = data
+            if len(results) < len(children.processes) and children.died():
+                raise WorkerError("a pre-flight worker process died")
         for index in sorted(results):
             report.merge(results[index])
         finished = True
     finally:
-        for child in children:
-            child.join(timeout=5 if finished else 0)
-            if child.is_alive():
-                child.kill()  # interrupted (Ctrl-C) or failed: their checks are not wanted
+        # Interrupted (Ctrl-C) or failed: the other checks are not wanted.
+        children.stop(wait=5 if finished else 0)
     return report

@@ -254,3 +254,37 @@ def test_a_subscriber_erased_while_being_sent_does_not_stop_the_run(
         run(engine, ready, row, transport, clock, concurrency=1)
         assert states(engine) == {f"ok0000{i}@asso.fr": "sent" for i in range(5)}
         assert len(attempts_log(engine)) == 5
+
+
+def test_a_worker_process_that_dies_is_a_whole_run_error(
+    ready: Settings, tmp_path: Path, clock: FakeClock
+) -> None:
+    """--workers: a forked worker killed mid-run (here it exits at once) makes the run end
+    with WorkerError (exit 75) once the parent is done; the parent's own share is sent."""
+    import os
+
+    from mailer.campaign import load_campaign
+    from mailer.dispatch import Dispatcher, RunOptions
+    from mailer.errors import WorkerError
+    from mailer.messages import MessageFactory
+    from mailer.sending import run_dispatcher
+    from mailer.workers import run_workers
+
+    seed(ready, tmp_path, emails(300))
+    parent = os.getpid()
+    with opened(ready) as engine:
+        row = queue(engine, clock)
+        factory = MessageFactory(load_campaign(ready, row.name), b"k" * 32, row.nonce)
+
+        def build(index, worker_engine, connections, share):  # type: ignore[no-untyped-def]
+            return Dispatcher(worker_engine, row.id, factory, MemoryTransport(),
+                              RunOptions(concurrency=connections, batch_size=20), clock=clock)
+
+        def run_or_die(dispatcher, total):  # type: ignore[no-untyped-def]
+            if os.getpid() != parent:
+                os._exit(3)  # the child dies before sending anything
+            return run_dispatcher(dispatcher, total)
+
+        with pytest.raises(WorkerError, match=r"exit status 3"):
+            run_workers(engine, 2, 4, 300, build, run_or_die, None)
+        assert set(states(engine).values()) == {"sent"}

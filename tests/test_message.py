@@ -231,7 +231,8 @@ def test_any_french_name_round_trips_through_the_to_header(first: str, last: str
         # before Python 3.12.5 can drop the space that falls on the split (CPython
         # gh-92081). mailer writes what the library writes, so that is all that may differ.
         assert name.replace(" ", "") == person.display_name.replace(" ", "")
-        assert len(name) >= len(person.display_name) - 1
+        splits = str(raw).count("=?") - 1  # at most one space lost at each split
+        assert len(name) >= len(person.display_name) - splits
 
 
 # --- IDN, SMTPUTF8 ---------------------------------------------------------------------------

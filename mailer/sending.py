@@ -145,10 +145,6 @@ def open_transport(settings: Settings, outbox: Path | None, concurrency: int) ->
     return SmtpPool(settings, concurrency=concurrency)
 
 
-def _factory(campaign: Campaign, secret: bytes, nonce: str) -> MessageFactory:
-    return MessageFactory(campaign, secret, nonce)
-
-
 def run_options(settings: Settings, *, limit: int | None, include_uncertain: bool) -> RunOptions:
     return RunOptions(
         concurrency=settings.concurrency,
@@ -204,10 +200,6 @@ def run_dispatcher(dispatcher: Dispatcher, total: int) -> Tally:
     return asyncio.run(main())
 
 
-def _secret(settings: Settings, connection: Any) -> bytes:
-    return meta.token_secret(connection, settings.secret)
-
-
 def send(
     settings: Settings,
     engine: Engine,
@@ -231,11 +223,11 @@ def send(
     # start together do not all check the same list; the later ones find it queued.
     with store.campaign_lock(engine, name):
         with write_transaction(engine) as connection:
-            secret = _secret(settings, connection)
+            secret = meta.token_secret(connection, settings.secret)
             row = store.find_campaign(connection, name)
         _check_unchanged(row, current, accept=accept_changes)
         report.check = _preflight(
-            engine, settings, _factory(campaign, secret, row.nonce if row else "preflight"),
+            engine, settings, MessageFactory(campaign, secret, row.nonce if row else "preflight"),
             row.id if row else None, recheck=row is not None and row.fingerprint != current,
             date=clock(), progress=check_progress,
         )
@@ -268,7 +260,7 @@ def send(
             report.queued = store.enqueue(connection, row, campaign.sender_domain, now)
             store.expire_leases(connection, now, row.id)
             report.due = store.count_due(connection, row.id, now, include_uncertain)
-    report.tally = _run(engine, row, _factory(campaign, secret, row.nonce), settings, outbox,
+    report.tally = _run(engine, row, MessageFactory(campaign, secret, row.nonce), settings, outbox,
                         limit=limit, include_uncertain=include_uncertain, progress=progress,
                         clock=clock, owner=owner, total=report.due)
     with read_transaction(engine) as connection:
@@ -370,7 +362,7 @@ def retry(
                 hint=f"a campaign exists once `mailer send {name}` has queued it",
             )
         due = store.due_campaigns(connection, now, include_uncertain=include_uncertain)
-        secret = _secret(settings, connection)
+        secret = meta.token_secret(connection, settings.secret)
     names = [n for n in due if name is None or n == name]
     reports: list[RunReport] = []
     if not names:
@@ -394,7 +386,7 @@ def retry(
             reports.append(report)
             continue
         report.tally = _run(
-            engine, row, _factory(campaign, secret, row.nonce), settings, outbox,
+            engine, row, MessageFactory(campaign, secret, row.nonce), settings, outbox,
             limit=None, include_uncertain=include_uncertain,
             progress=progress,
             clock=clock, owner=owner, total=total,

@@ -6,17 +6,20 @@ and judge it only by what it prints and what it leaves in the database.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
 import random
 import subprocess
+import threading
 import time
 import unicodedata
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 # Bump when the generator's output changes, so cached files are regenerated.
 GENERATOR_VERSION = 1
@@ -83,6 +86,28 @@ def process_cpu_seconds(pid: int, *, expect_name: str | None = None) -> float | 
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def parse_counts(text: str) -> list[int]:
+    """`100000,1_000_000` -> sorted distinct positive counts (0 drops out: "none")."""
+    try:
+        counts = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid counts {text!r}: {exc}") from exc
+    if any(count < 0 for count in counts):
+        raise argparse.ArgumentTypeError("counts must be >= 0")
+    return sorted({count for count in counts if count > 0})
+
+
+def parse_choices(text: str, choices: Sequence[str], what: str) -> list[str]:
+    """`a,b` -> those of `choices`, in the order of `choices`; an unknown one is an error."""
+    given = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [part for part in given if part not in choices]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown {what} {unknown}; choose from {', '.join(choices)}"
+        )
+    return [choice for choice in choices if choice in given]
+
+
 def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The current environment without any MAILER_* setting, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
@@ -98,37 +123,78 @@ def run_measured(
     stdout_path: Path,
     stderr_path: Path,
 ) -> Measurement:
-    """Run `argv` to completion; time it and read its own rusage with os.wait4.
+    """Run `argv` to completion; its wall time and its own rusage (os.wait4)."""
+    (measured,) = run_processes([argv], cwd=cwd, env=env, paths=[(stdout_path, stderr_path)])
+    return measured
 
-    Output goes to files (a pipe could fill up and block the child while we wait).
+
+def run_processes(
+    argvs: Sequence[Sequence[str]],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    paths: Sequence[tuple[Path, Path]],
+    timeout: float | None = None,
+) -> list[Measurement]:
+    """Start every argv at once; wait for all; each one's own wall time, CPU and peak RSS.
+
+    A thread per child calls os.wait4 on its pid (never on "any child": the caller may have
+    others, a server say). Output goes to the files in `paths` (a pipe could fill up and
+    block a child while we wait). A child still running after `timeout` seconds is killed
+    and TimeoutError raised; so is every child if we are interrupted.
     """
-    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        busy_before = machine_busy_seconds()
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=err
-        )
-        try:
+    processes: list[subprocess.Popen[bytes]] = []
+    reaped: list[tuple[int, Any, float] | None] = [None] * len(argvs)
+    busy_before = machine_busy_seconds()
+    started = time.perf_counter()
+    try:
+        for argv, (out_path, err_path) in zip(argvs, paths, strict=True):
+            with out_path.open("wb") as out, err_path.open("wb") as err:
+                processes.append(subprocess.Popen(
+                    list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=err,
+                ))
+
+        def reap(number: int, process: subprocess.Popen[bytes]) -> None:
             _pid, status, usage = os.wait4(process.pid, 0)
-        except BaseException:  # interrupted: do not leave the child running
-            process.kill()
-            process.wait()
-            raise
-        wall = time.perf_counter() - started
-        busy = machine_busy_seconds() - busy_before
-    returncode = os.waitstatus_to_exitcode(status)
-    process.returncode = returncode  # reaped by wait4: tell Popen not to wait again
-    return Measurement(
-        argv=list(argv),
-        returncode=returncode,
-        wall_s=wall,
-        user_s=usage.ru_utime,
-        sys_s=usage.ru_stime,
-        max_rss_kib=usage.ru_maxrss,
-        stdout_path=stdout_path,
-        stderr_path=stderr_path,
-        machine_busy_s=busy,
-    )
+            reaped[number] = (status, usage, time.perf_counter())
+            process.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
+
+        threads = [
+            threading.Thread(target=reap, args=(number, process), daemon=True)
+            for number, process in enumerate(processes)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(None if timeout is None
+                        else max(0.0, started + timeout - time.perf_counter()))
+        if any(thread.is_alive() for thread in threads):
+            raise TimeoutError(f"still running after {timeout:.0f} s; killed")
+    finally:
+        for process in processes:
+            if process.returncode is None:  # not reaped: still ours to kill
+                process.kill()
+        for process in processes:
+            if process.returncode is None:
+                process.wait()
+    busy = machine_busy_seconds() - busy_before
+    measurements = []
+    for argv, (out_path, err_path), found in zip(argvs, paths, reaped, strict=True):
+        assert found is not None
+        status, usage, ended = found
+        measurements.append(Measurement(
+            argv=list(argv),
+            returncode=os.waitstatus_to_exitcode(status),
+            wall_s=ended - started,
+            user_s=usage.ru_utime,
+            sys_s=usage.ru_stime,
+            max_rss_kib=usage.ru_maxrss,
+            stdout_path=out_path,
+            stderr_path=err_path,
+            machine_busy_s=busy,
+        ))
+    return measurements
 
 
 # --- deterministic French-Excel-like CSV ----------------------------------------------------

@@ -44,6 +44,8 @@ from _measure import (
     Measurement,
     cached_csv,
     clean_environment,
+    parse_choices,
+    parse_counts,
     process_cpu_seconds,
     run_measured,
 )
@@ -649,29 +651,15 @@ class Options:
     profile_top: int
 
 
-def parse_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"invalid sizes {text!r}: {exc}") from exc
-    if any(size < 0 for size in sizes):
-        raise argparse.ArgumentTypeError("sizes must be >= 0")
-    return sorted({size for size in sizes if size > 0})
-
-
 def parse_backends(text: str) -> list[str]:
-    backends = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown backend(s) {unknown}; choose from {BACKENDS}")
-    return backends
+    return parse_choices(text, BACKENDS, "backend(s)")
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--sizes",
-        type=parse_sizes,
+        type=parse_counts,
         help="comma-separated row counts (default: 100000,1000000; 0 = none)",
     )
     parser.add_argument(

@@ -50,7 +50,7 @@ from statistics import median
 from typing import Any
 
 import jinja2
-from _measure import machine_busy_seconds
+from _measure import machine_busy_seconds, parse_counts
 
 import mailer
 from mailer.addresses import clean_address
@@ -790,14 +790,6 @@ def report(
 # --- command line ---------------------------------------------------------------------------
 
 
-def parse_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"invalid sizes {text!r}: {exc}") from exc
-    return sorted({size for size in sizes if size > 0})
-
-
 def positive(text: str) -> int:
     value = int(text.replace("_", ""))
     if value < 1:
@@ -815,7 +807,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--memory-sizes",
-        type=parse_sizes,
+        type=parse_counts,
         default=list(DEFAULT_MEMORY_SIZES),
         help="fast-path memory run: message counts (default 10000,100000; 0 skips it)",
     )
@@ -832,7 +824,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="run on a copy of mailer/ and templates/ taken at the start (others may edit them)",
     )
-    parser.add_argument("--memory-child", type=parse_sizes, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", type=parse_counts, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
         return memory_child(args.memory_child, args.seed)

@@ -47,7 +47,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -62,7 +61,10 @@ from _measure import (
     cached_csv,
     clean_environment,
     machine_busy_seconds,
+    parse_choices,
+    parse_counts,
 )
+from _measure import run_processes as measure_processes
 from _sink import Counters, Sink, SinkError, SinkMissing, start_sink
 from import_bench import PostgresDatabase, fingerprint, revision, take_snapshot
 
@@ -121,74 +123,12 @@ def run_processes(
     label: str,
     timeout: float,
 ) -> list[Measurement]:
-    """Start every argv at once; wait for all; each one's own wall time, CPU and peak RSS.
-
-    Like _measure.run_measured, for several processes: a thread per child calls os.wait4 on
-    its pid (never on "any child": smtp-sink is a child too). Output goes to files. A child
-    still running after `timeout` seconds is killed and the run fails.
-    """
-    processes: list[subprocess.Popen[bytes]] = []
-    paths: list[tuple[Path, Path]] = []
-    reaped: list[tuple[int, Any, float] | None] = [None] * len(argvs)
-    busy_before = machine_busy_seconds()
-    started = time.perf_counter()
+    """_measure.run_processes, with output files named after `label` in `folder`."""
+    paths = [(folder / f"{label}-{n}.out", folder / f"{label}-{n}.err") for n in range(len(argvs))]
     try:
-        for number, argv in enumerate(argvs):
-            out_path, err_path = folder / f"{label}-{number}.out", folder / f"{label}-{number}.err"
-            paths.append((out_path, err_path))
-            with out_path.open("wb") as out, err_path.open("wb") as err:
-                processes.append(
-                    subprocess.Popen(
-                        list(argv),
-                        cwd=cwd,
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=err,
-                    )
-                )
-
-        def reap(number: int, process: subprocess.Popen[bytes]) -> None:
-            _pid, status, usage = os.wait4(process.pid, 0)
-            reaped[number] = (status, usage, time.perf_counter())
-            process.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
-
-        threads = [
-            threading.Thread(target=reap, args=(number, process), daemon=True)
-            for number, process in enumerate(processes)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(max(0.0, started + timeout - time.perf_counter()))
-        if any(thread.is_alive() for thread in threads):
-            raise BenchmarkError(f"{label}: still running after {timeout:.0f} s; killed")
-    finally:
-        for process in processes:
-            if process.returncode is None:  # not reaped: still ours to kill
-                process.kill()
-        for process in processes:
-            if process.returncode is None:
-                process.wait()
-    busy = machine_busy_seconds() - busy_before
-    measurements = []
-    for argv, (out_path, err_path), found in zip(argvs, paths, reaped, strict=True):
-        assert found is not None
-        status, usage, ended = found
-        measurements.append(
-            Measurement(
-                argv=list(argv),
-                returncode=os.waitstatus_to_exitcode(status),
-                wall_s=ended - started,
-                user_s=usage.ru_utime,
-                sys_s=usage.ru_stime,
-                max_rss_kib=usage.ru_maxrss,
-                stdout_path=out_path,
-                stderr_path=err_path,
-                machine_busy_s=busy,
-            )
-        )
-    return measurements
+        return measure_processes(argvs, cwd=cwd, env=env, paths=paths, timeout=timeout)
+    except TimeoutError as exc:
+        raise BenchmarkError(f"{label}: {exc}") from exc
 
 
 def run_one(
@@ -1063,22 +1003,8 @@ def sink_version() -> str:
 # --- command line ---------------------------------------------------------------------------
 
 
-def parse_counts(text: str) -> list[int]:
-    try:
-        counts = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"invalid counts {text!r}: {exc}") from exc
-    if any(count < 0 for count in counts):
-        raise argparse.ArgumentTypeError("counts must be >= 0")
-    return sorted({count for count in counts if count > 0})
-
-
 def parse_parts(text: str) -> list[str]:
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [part for part in parts if part not in PARTS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown part(s) {unknown}; choose from {PARTS}")
-    return [part for part in PARTS if part in parts]
+    return parse_choices(text, PARTS, "part(s)")
 
 
 def parse_args(argv: Sequence[str] | None) -> Options | dict[str, Any]:

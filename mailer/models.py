@@ -110,6 +110,10 @@ class Campaign(Base):
     sender: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Set by `mailer purge`: the deliveries are gone, these counts by state remain, and the
+    # campaign can never be sent again (that would send everyone a second copy).
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    purged_counts: Mapped[dict[str, int] | None] = mapped_column(JSON)
 
 
 class Delivery(Base):
@@ -154,6 +158,50 @@ class Attempt(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     code: Mapped[int | None] = mapped_column(Integer)
     reply: Mapped[str | None] = mapped_column(Text)
+
+
+class Bounce(Base):
+    """One recipient's report in one bounce message, as `mailer bounces import` found it.
+
+    `key` identifies the report (the bounce message's fingerprint, the recipient, the status),
+    so importing the same mailbox twice finds every report already here and changes nothing.
+    The diagnostic may name the address: `mailer purge` removes these rows with the deliveries.
+    """
+
+    __tablename__ = "bounces"
+    __table_args__ = (
+        CheckConstraint("severity IN ('permanent', 'temporary')", name="ck_bounce_severity"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
+    )
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
+    )
+    severity: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str | None] = mapped_column(String(16))
+    diagnostic: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(32))
+    reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class Purge(Base):
+    """What each `mailer purge` removed (counts only; no personal data)."""
+
+    __tablename__ = "purges"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    scope: Mapped[str] = mapped_column(String(255))
+    campaigns: Mapped[int] = mapped_column(Integer, default=0)
+    deliveries: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    bounces: Mapped[int] = mapped_column(Integer, default=0)
+    subscribers: Mapped[int] = mapped_column(Integer, default=0)
+    suppressions: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ImportRun(Base):

@@ -116,6 +116,15 @@ def _snapshot(campaign: Campaign) -> dict[str, Any]:
     }
 
 
+def _check_not_purged(row: store.CampaignRow | None) -> None:
+    if row is not None and row.purged_at is not None:
+        raise InputError(
+            f"campaign {row.name!r} was purged on {row.purged_at:%Y-%m-%d}: its deliveries are "
+            "gone, so sending it again would send everyone a second copy",
+            hint="to send these templates again, copy the folder under a new campaign name",
+        )
+
+
 def _check_unchanged(row: store.CampaignRow | None, current: str, *, accept: bool) -> None:
     if row is None or row.fingerprint == current or accept:
         return
@@ -225,6 +234,7 @@ def send(
         with write_transaction(engine) as connection:
             secret = meta.token_secret(connection, settings.secret)
             row = store.find_campaign(connection, name)
+        _check_not_purged(row)
         _check_unchanged(row, current, accept=accept_changes)
         report.check = _preflight(
             engine, settings, MessageFactory(campaign, secret, row.nonce if row else "preflight"),

@@ -29,13 +29,17 @@ TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
     S.PENDING: frozenset({S.SENDING, S.SKIPPED}),
     S.SENDING: frozenset({S.SENT, S.DEFERRED, S.FAILED, S.UNCERTAIN, S.SKIPPED, S.PENDING}),
     S.DEFERRED: frozenset({S.SENDING, S.SKIPPED, S.FAILED}),
-    S.UNCERTAIN: frozenset({S.SENDING, S.SENT, S.SKIPPED}),
-    S.SENT: frozenset(),
+    # A bounce report proves a message went out and came back: `mailer bounces import` moves
+    # an uncertain or sent delivery to failed. Nothing else ever leaves sent.
+    S.UNCERTAIN: frozenset({S.SENDING, S.SENT, S.SKIPPED, S.FAILED}),
+    S.SENT: frozenset({S.FAILED}),
     S.FAILED: frozenset(),
     S.SKIPPED: frozenset(),
 }
 
 TERMINAL: frozenset[DeliveryState] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+# Never sent (again): a delivery in one of these states is never claimed.
+DONE: frozenset[DeliveryState] = TERMINAL | {S.SENT}
 
 
 def can_transition(origin: DeliveryState, target: DeliveryState) -> bool:

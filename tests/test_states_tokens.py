@@ -5,7 +5,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailer.states import TERMINAL, TRANSITIONS, DeliveryState, can_transition, origins_of
+from mailer.states import (
+    DONE,
+    TERMINAL,
+    TRANSITIONS,
+    DeliveryState,
+    can_transition,
+    origins_of,
+)
 from mailer.tokens import keyed_hash, make_token, token_subscriber_id, verify_token
 
 
@@ -22,8 +29,22 @@ def test_every_contract_state_is_in_the_table() -> None:
     assert set(TRANSITIONS) == set(DeliveryState)
 
 
-def test_sent_failed_skipped_are_terminal() -> None:
-    assert {DeliveryState.SENT, DeliveryState.FAILED, DeliveryState.SKIPPED} == TERMINAL
+def test_failed_skipped_are_terminal_and_sent_leaves_only_for_a_bounce() -> None:
+    assert {DeliveryState.FAILED, DeliveryState.SKIPPED} == TERMINAL
+    # `mailer bounces import`: a bounce report turns a sent message into a failed one.
+    assert TRANSITIONS[DeliveryState.SENT] == {DeliveryState.FAILED}
+
+
+def test_nothing_done_is_ever_sent_again() -> None:
+    """No path of transitions leads from sent, failed or skipped back to sending."""
+    for start in DONE:
+        seen, frontier = {start}, [start]
+        while frontier:
+            for nxt in TRANSITIONS[frontier.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    frontier.append(nxt)
+        assert DeliveryState.SENDING not in seen, start
 
 
 def test_sending_is_reached_only_by_a_claim() -> None:

@@ -61,12 +61,13 @@ class CampaignRow:
     fingerprint: str | None  # of what its messages are made of (templates, sender, links)
     nonce: str  # the random Message-ID prefix of this campaign
     created_at: datetime
+    purged_at: datetime | None = None  # `mailer purge`: only its counts remain
 
 
 def _campaign(row: Any) -> CampaignRow:
     snapshot = row.snapshot or {}
     return CampaignRow(row.id, row.name, row.template_hash, str(snapshot.get("nonce", "")),
-                       row.created_at)
+                       row.created_at, row.purged_at)
 
 
 def find_campaign(connection: Connection, name: str) -> CampaignRow | None:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from mailer.errors import ConfigError, DatabaseError, SchemaError
 
-SCHEMA_HEAD = "0001"  # the newest migration in mailer/migrations/versions (a test checks)
+SCHEMA_HEAD = "0002"  # the newest migration in mailer/migrations/versions (a test checks)
 BUSY_TIMEOUT_MS = 30_000
 _MIGRATION_LOCK = 0x6D61696C6572  # "mailer": PostgreSQL advisory lock for migrations
 
@@ -217,3 +217,30 @@ def dialect_insert(connection: Connection) -> Any:
     from sqlalchemy.dialects import postgresql, sqlite
 
     return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+
+
+PERSONAL_TABLES = ("subscribers", "deliveries", "attempts", "bounces")
+
+
+def scrub(engine: Engine, *, rewrite: bool) -> None:
+    """After personal data was deleted: make sure none of it stays readable in the files.
+
+    SQLite deletes with secure_delete (freed cells are zeroed); with `rewrite`, VACUUM also
+    rebuilds the file from the live rows alone. The TRUNCATE checkpoint then copies every
+    page into the main file and empties the WAL, where the old pages would still be.
+    On PostgreSQL, `rewrite` runs VACUUM FULL on the tables that hold personal data, which
+    writes them anew; the server's own WAL and backups are its administrator's to manage.
+    """
+    with database_errors(engine), engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            # Straight on the driver's connection: SQLAlchemy would wrap it in a BEGIN, and
+            # VACUUM cannot run in a transaction.
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            if rewrite:
+                driver.execute("VACUUM")
+            driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        elif engine.dialect.name == "postgresql" and rewrite:
+            connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                f"VACUUM FULL {', '.join(PERSONAL_TABLES)}"
+            )

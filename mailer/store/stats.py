@@ -21,10 +21,24 @@ def campaign_names(connection: Connection) -> list[str]:
 
 def campaign_status(connection: Connection, name: str) -> dict[str, Any] | None:
     """The contract's shape for one campaign, or None when there is no such campaign."""
-    campaign_id = connection.scalar(select(Campaign.id).where(Campaign.name == name))
-    if campaign_id is None:
+    found = connection.execute(
+        select(Campaign.id, Campaign.purged_at, Campaign.purged_counts).where(
+            Campaign.name == name
+        )
+    ).first()
+    if found is None:
         return None
+    campaign_id = found.id
     counts = {state.value: 0 for state in DeliveryState}
+    if found.purged_at is not None:  # `mailer purge` kept the counts, not the deliveries
+        counts.update(found.purged_counts or {})
+        return {
+            "campaign": name,
+            "total": sum(counts.values()),
+            "counts": counts,
+            "next_attempt_at": None,
+            "purged_at": _iso(found.purged_at),
+        }
     for state, number in connection.execute(
         select(Delivery.state, func.count())
         .where(Delivery.campaign_id == campaign_id)

@@ -87,3 +87,29 @@ def test_ensure_schema_is_idempotent(settings: Settings) -> None:
     ensure_schema(engine)
     ensure_schema(engine)
     engine.dispose()
+
+
+def test_a_database_of_the_first_release_is_upgraded_keeping_its_data(
+    settings: Settings,
+) -> None:
+    """A list imported and sent with schema 0001 gains the bounce and purge tables on first
+    use of this release; nothing already stored is lost."""
+    from alembic import command
+
+    engine = open_engine(settings.database_url)
+    with engine.begin() as connection:
+        config = Config()
+        config.set_main_option("script_location", "mailer:migrations")
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(text(
+            "INSERT INTO campaigns (name, created_at, updated_at) "
+            "VALUES ('closure-notice', '2026-11-01 10:00:00', '2026-11-01 10:00:00')"
+        ))
+    ensure_schema(engine)
+    with engine.connect() as connection:
+        tables = set(inspect(connection).get_table_names())
+        names = connection.execute(text("SELECT name, purged_at FROM campaigns")).all()
+    engine.dispose()
+    assert {"bounces", "purges"} <= tables
+    assert [tuple(row) for row in names] == [("closure-notice", None)]

@@ -1,8 +1,8 @@
 """Settings: built-in defaults < mailer.toml < MAILER_* environment < command-line options.
 
-Environment reading happens here and nowhere else. Secrets (the SMTP password, the token
-secret) come only from the environment or a file named there: never from mailer.toml, never
-from a command-line option, and never printed.
+Environment reading happens here and nowhere else. Secrets (the SMTP and IMAP passwords, the
+token secret) come only from the environment or a file named there: never from mailer.toml,
+never from a command-line option, and never printed.
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ UNCERTAIN_CHOICES: tuple[Uncertain, ...] = ("resend", "hold")
 DEFAULT_DATABASE_URL = "sqlite:///subscribers.db"
 DEFAULT_CONFIG_FILE = "mailer.toml"
 # Keys refused in mailer.toml: a file is copied, committed and shared; a secret is not.
-SECRET_KEYS = frozenset({"smtp_password", "password", "secret", "smtp_password_file"})
+SECRET_KEYS = frozenset({
+    "smtp_password", "password", "secret", "smtp_password_file",
+    "imap_password", "imap_password_file",
+})
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class Settings:
     smtp_timeout: float = 60.0  # connecting, and each SMTP command's reply
     smtp_data_timeout: float = 600.0  # the reply after the final "." of DATA
     smtp_max_messages: int = 100  # messages per connection before reconnecting
+    imap_password: str | None = field(default=None, repr=False)  # `bounces import imaps://…`
+    imap_ca_file: Path | None = None
     sender: str | None = None
     secret: str | None = field(default=None, repr=False)
     unsubscribe_url: str | None = None
@@ -121,6 +126,7 @@ _KEYS: dict[str, str] = {
     "smtp_timeout": "smtp_timeout",
     "smtp_data_timeout": "smtp_data_timeout",
     "smtp_max_messages": "smtp_max_messages",
+    "imap_ca_file": "imap_ca_file",
     "from": "sender",
     "unsubscribe_url": "unsubscribe_url",
     "unsubscribe_mailto": "unsubscribe_mailto",
@@ -150,7 +156,7 @@ _SECONDS = frozenset({
 def _convert(attr: str, value: Any, *, source: str) -> Any:
     """Turn a raw value (TOML, environment text, option) into the attribute's type."""
     try:
-        if attr in {"templates_dir", "smtp_ca_file"}:
+        if attr in {"templates_dir", "smtp_ca_file", "imap_ca_file"}:
             return Path(str(value)).expanduser()
         if attr in _INT_RANGES:
             number = int(value)
@@ -197,10 +203,10 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     data = read_toml(path)
-    # Allow both flat keys and an [smtp] table (host, port, ...).
+    # Allow both flat keys and an [smtp] table (host, port, ...), an [imap] table (ca_file).
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict) and key in {"smtp", "retry"}:
+        if isinstance(value, dict) and key in {"smtp", "retry", "imap"}:
             for sub, subvalue in value.items():
                 flat[f"{key}_{sub}"] = subvalue
         else:
@@ -230,10 +236,14 @@ def load_settings(
     if path.is_file():
         for key, raw in _read_toml(path).items():
             if key in SECRET_KEYS:
+                where = (
+                    "MAILER_IMAP_PASSWORD (or MAILER_IMAP_PASSWORD_FILE)"
+                    if key.startswith("imap_")
+                    else "MAILER_SMTP_PASSWORD (or MAILER_SMTP_PASSWORD_FILE) / MAILER_SECRET"
+                )
                 raise ConfigError(
                     f"{path}: {key} is a secret and is not read from mailer.toml",
-                    hint="remove it from the file and set MAILER_SMTP_PASSWORD "
-                    "(or MAILER_SMTP_PASSWORD_FILE) / MAILER_SECRET in the environment",
+                    hint=f"remove it from the file and set {where} in the environment",
                 )
             if key not in _KEYS:
                 raise ConfigError(
@@ -253,6 +263,12 @@ def load_settings(
     elif env.get("MAILER_SMTP_PASSWORD_FILE"):
         values["smtp_password"] = _read_secret_file(
             "MAILER_SMTP_PASSWORD_FILE", env["MAILER_SMTP_PASSWORD_FILE"]
+        )
+    if env.get("MAILER_IMAP_PASSWORD"):
+        values["imap_password"] = env["MAILER_IMAP_PASSWORD"]
+    elif env.get("MAILER_IMAP_PASSWORD_FILE"):
+        values["imap_password"] = _read_secret_file(
+            "MAILER_IMAP_PASSWORD_FILE", env["MAILER_IMAP_PASSWORD_FILE"]
         )
     if env.get("MAILER_SECRET"):
         values["secret"] = env["MAILER_SECRET"]

@@ -7,6 +7,7 @@
     ├── SchemaError               exit 78  database of another schema than this code knows
     ├── DatabaseError             exit 75  the database could not be reached or is locked; try again
     ├── RelayTemporaryError       exit 75  the relay is unreachable or throttling the whole run
+    ├── MailboxUnavailableError   exit 75  the IMAP server is unreachable or the connection broke
     └── WorkerError               exit 75  a sending worker process died; retry resends its share
 
 Foreign exceptions (csv, SQLAlchemy, jinja2, aiosmtplib) are translated once, where they are
@@ -60,6 +61,12 @@ class DatabaseError(MailerError):
 
 class RelayTemporaryError(MailerError):
     """The relay is unreachable, timing out or throttling the whole run: run again later."""
+
+    exit_code = EX_TEMPFAIL
+
+
+class MailboxUnavailableError(MailerError):
+    """The IMAP server of `bounces import` is unreachable, times out or drops the connection."""
 
     exit_code = EX_TEMPFAIL
 

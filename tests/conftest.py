@@ -20,7 +20,8 @@ from sqlalchemy import create_engine, text
 from mailer.cli import main
 from mailer.config import Settings
 
-pytest_plugins = ["tests.smtpserver"]  # the scripted SMTP server fixtures
+# The scripted SMTP server and the private dovecot IMAP server fixtures.
+pytest_plugins = ["tests.smtpserver", "tests.imapserver"]
 
 POSTGRES_URL = os.environ.get("MAILER_TEST_POSTGRES_URL", "")
 FIXTURES = Path(__file__).parent / "fixtures"

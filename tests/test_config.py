@@ -128,3 +128,57 @@ def test_settings_repr_hides_secrets() -> None:
     settings = Settings(smtp_password="pw-value", secret="secret-value")
     assert "pw-value" not in repr(settings)
     assert "secret-value" not in repr(settings)
+
+
+def test_imap_password_comes_from_environment_or_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "imap-password"
+    secret_file.write_text("imap-s3cret\n")
+    assert load_settings(environ={}).imap_password is None
+    assert load_settings(environ={"MAILER_IMAP_PASSWORD": "a"}).imap_password == "a"
+    settings = load_settings(environ={"MAILER_IMAP_PASSWORD_FILE": str(secret_file)})
+    assert settings.imap_password == "imap-s3cret"
+    assert "imap-s3cret" not in repr(settings)
+    both = {"MAILER_IMAP_PASSWORD": "b", "MAILER_IMAP_PASSWORD_FILE": str(secret_file)}
+    assert load_settings(environ=both).imap_password == "b"  # as for the SMTP password
+    assert load_settings(environ={"MAILER_SMTP_PASSWORD": "smtp"}).imap_password is None
+
+
+def test_unreadable_imap_password_file_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"MAILER_IMAP_PASSWORD_FILE": str(tmp_path / "missing")})
+    assert "MAILER_IMAP_PASSWORD_FILE" in caught.value.message
+    assert caught.value.exit_code == 78
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['imap_password = "hunter2"', 'imap_password_file = "hunter2"', '[imap]\npassword = "hunter2"'],
+)
+def test_an_imap_password_in_the_toml_file_is_refused(tmp_path: Path, line: str) -> None:
+    path = tmp_path / "mailer.toml"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert "imap_password" in caught.value.message
+    assert "hunter2" not in caught.value.message
+    assert "MAILER_IMAP_PASSWORD" in (caught.value.hint or "")
+    assert caught.value.exit_code == 78
+
+
+def test_imap_ca_file_from_toml_then_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / "mailer.toml"
+    assert load_settings(environ={}).imap_ca_file is None
+    path.write_text('imap_ca_file = "~/ca.pem"\n')
+    assert load_settings(path, environ={}).imap_ca_file == tmp_path / "ca.pem"
+    path.write_text('[imap]\nca_file = "/etc/ssl/asso-ca.pem"\n')
+    assert load_settings(path, environ={}).imap_ca_file == Path("/etc/ssl/asso-ca.pem")
+    settings = load_settings(path, environ={"MAILER_IMAP_CA_FILE": "/srv/ca.pem"})
+    assert settings.imap_ca_file == Path("/srv/ca.pem")
+    assert settings.smtp_ca_file is None  # the two CA files are separate settings
+
+
+def test_settings_repr_hides_the_imap_password() -> None:
+    assert "imap-pw-value" not in repr(Settings(imap_password="imap-pw-value"))

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from mailer import sending
+from mailer import bouncing, purging, sending
 from mailer.addresses import AddressError, clean_address
 from mailer.campaign import Campaign, load_campaign
 from mailer.clock import Clock, system_clock
@@ -29,6 +29,7 @@ from mailer.dispatch import ProgressFn
 from mailer.errors import InputError, NotFoundError
 from mailer.headers import map_columns, parse_map_options
 from mailer.importing import ImportReport, ImportRun, Progress, open_rejects
+from mailer.mailboxes import open_mailbox
 from mailer.messages import MessageFactory, Outgoing
 from mailer.preflight import PreflightReport, preflight
 from mailer.render import Recipient
@@ -41,6 +42,7 @@ from mailer.store.engine import (
     ensure_schema,
     open_engine,
     read_transaction,
+    scrub,
     write_transaction,
 )
 from mailer.tokens import keyed_hash, token_subscriber_id, verify_token
@@ -176,11 +178,9 @@ def forget(settings: Settings, email: str, *, clock: Clock = system_clock) -> Er
                 store.erase(connection, row.id)
             suppression_key = meta.secret(connection, meta.SUPPRESSION_KEY)
             store.suppress(connection, keyed_hash(suppression_key, key), "forget", clock())
-        if engine.dialect.name == "sqlite":
-            # secure_delete zeroed the freed cells; the checkpoint moves that into the main
-            # file and empties the WAL, so the address is gone from the file's bytes.
-            with engine.connect() as connection:
-                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        # secure_delete zeroed the freed cells; the checkpoint moves that into the main file
+        # and empties the WAL, so the address is gone from the file's bytes.
+        scrub(engine, rewrite=False)
         return Erasure(email, row is not None)
 
 
@@ -359,6 +359,12 @@ def report(
                 f"unknown campaign {campaign!r}",
                 hint="a campaign exists once `mailer send CAMPAIGN` has queued it",
             )
+        if row.purged_at is not None:
+            raise NotFoundError(
+                f"campaign {campaign!r} was purged on {row.purged_at:%Y-%m-%d}: "
+                "only its counts remain",
+                hint=f"`mailer status {campaign}` shows them",
+            )
         yield list(REPORT_COLUMNS)
         for item in deliveries.report_rows(connection, row.id, wanted):
             yield [
@@ -368,6 +374,40 @@ def report(
                 _iso(item.first_attempt_at), _iso(item.last_attempt_at),
                 _iso(item.next_attempt_at), _iso(item.sent_at), item.message_id,
             ]
+
+
+# --- bounces and purge ---------------------------------------------------------------------
+
+
+def import_bounces(
+    settings: Settings,
+    source: str,
+    *,
+    progress: bouncing.Progress | None = None,
+    clock: Clock = system_clock,
+) -> bouncing.BounceSummary:
+    """Read every message of a mailbox (mbox, Maildir, imaps://) and record the bounces."""
+    with open_mailbox(source, settings) as mailbox, open_database(settings) as engine:
+        return bouncing.import_bounces(
+            engine, mailbox, source=source, secret=settings.secret, total=mailbox.total,
+            progress=progress, clock=clock,
+        )
+
+
+def purge(
+    settings: Settings,
+    *,
+    campaign: str | None = None,
+    older_than: str | None = None,
+    all_personal_data: bool = False,
+    clock: Clock = system_clock,
+) -> purging.PurgeReport:
+    age = purging.parse_age(older_than) if older_than is not None else None
+    with open_database(settings) as engine:
+        return purging.purge(
+            engine, campaign=campaign, older_than=age, all_personal_data=all_personal_data,
+            clock=clock,
+        )
 
 
 def _iso(moment: Any) -> str:

@@ -11,7 +11,7 @@ import itertools
 import json
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -30,6 +30,7 @@ from rich.progress import (
 )
 
 from mailer import __version__, api
+from mailer.bouncing import BounceSummary
 from mailer.config import Settings, load_settings
 from mailer.dispatch import ProgressFn, Tally
 from mailer.errors import InputError, MailerError
@@ -688,6 +689,152 @@ def report_command(
     written = write_report(rows, csv_path, delimiter)
     if csv_path is not None:
         out.print(f"{written} deliveries written to {csv_path}", markup=False)
+
+
+# --- bounces ------------------------------------------------------------------------------
+
+bounces_app = typer.Typer(
+    help="Read bounce reports from a mailbox and record them.\n\n"
+    "Example: mailer bounces import ~/Mail/bounces.mbox",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(bounces_app, name="bounces")
+
+
+@bounces_app.command("import")
+def bounces_import_command(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(
+        help="An mbox file, a Maildir folder, or imaps://USER@HOST[:PORT]/FOLDER "
+        "(password in MAILER_IMAP_PASSWORD or MAILER_IMAP_PASSWORD_FILE).",
+        metavar="SOURCE",
+    )],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Record the bounces of a mailbox: a permanent failure fails the delivery and marks the
+    subscriber bounced; a delay notice is noted; auto-replies are ignored.
+
+    The mailbox is only read, never changed. Importing it again changes nothing.
+
+    Example: mailer bounces import imaps://bounces%40asso.fr@imap.asso.fr/INBOX --json
+    """
+    with _progress("Reading bounces", not as_json, unit="messages") as progress:
+        summary = api.import_bounces(_global(ctx).settings(), source, progress=_counted(progress))
+    if as_json:
+        _print_json(summary.to_json())
+        return
+    _print_bounces(summary)
+
+
+def _counted(
+    progress: ProgressCallback | None,
+) -> Callable[[int, int | None], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(done, total if total is not None else done)
+
+
+def _print_bounces(summary: BounceSummary) -> None:
+    out.print(
+        f"{summary.messages} messages read from {summary.source}: "
+        f"{summary.bounces} bounce reports ({summary.permanent} permanent, "
+        f"{summary.temporary} temporary), {summary.ignored} ignored, "
+        f"{summary.unrecognised} not understood.",
+        markup=False,
+    )
+    out.print(
+        f"Matched {summary.matched}, unmatched {summary.unmatched}; "
+        f"{summary.deliveries_failed} deliveries failed, "
+        f"{summary.subscribers_bounced} subscribers marked bounced.",
+        markup=False,
+    )
+    if summary.already_imported:
+        out.print(
+            f"{summary.already_imported} reports were already imported: left as they were.",
+            markup=False,
+        )
+    for reason, number in sorted(summary.ignored_reasons.items()):
+        out.print(f"  ignored: {number} × {reason}", markup=False)
+    for problem in summary.problems[:SHOWN]:
+        out.print(
+            f"  not understood: {problem['message']} ({problem['subject'] or 'no subject'}): "
+            f"{problem['reason']}",
+            markup=False,
+        )
+    for report in summary.unmatched_reports[:SHOWN]:
+        out.print(
+            f"  unmatched: {report['message']}: {report['recipient'] or 'no recipient'} "
+            f"({report['status'] or 'no status'})",
+            markup=False,
+        )
+    listed = len(summary.problems[:SHOWN]) + len(summary.unmatched_reports[:SHOWN])
+    hidden = summary.unrecognised + summary.unmatched - listed
+    if hidden > 0:
+        out.print(f"  ... and {hidden} more (--json lists up to 100 of each)", markup=False)
+
+
+# --- purge --------------------------------------------------------------------------------
+
+
+@app.command("purge")
+def purge_command(
+    ctx: typer.Context,
+    campaign: Annotated[str | None, typer.Option(
+        "--campaign", help="Purge this campaign only, as soon as it is finished.",
+        metavar="NAME",
+    )] = None,
+    older_than: Annotated[str | None, typer.Option(
+        "--older-than",
+        help="Only campaigns idle for this long: 30d, 12h, 2w (default 30d; 0 with --campaign).",
+        metavar="AGE",
+    )] = None,
+    all_personal_data: Annotated[bool, typer.Option(
+        "--all-personal-data",
+        help="The end of the list: erase every subscriber, delivery, attempt and bounce; keep "
+        "only counts and keyed hashes of the addresses that unsubscribed or bounced.",
+    )] = False,
+    yes: Annotated[bool, typer.Option(
+        "--yes", "-y", help="Do not ask for confirmation (--all-personal-data on a terminal)."
+    )] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Remove attempt logs, bounce reports and personal data past their use; keep the counts.
+
+    An unfinished campaign (something still pending, deferred or uncertain) is never purged.
+    A purged campaign cannot be sent again. On SQLite nothing removed stays readable in the
+    database file.
+
+    Example: mailer purge --campaign closure-notice
+    """
+    settings = _global(ctx).settings()
+    if all_personal_data and not yes and sys.stdin.isatty() and not as_json:
+        typer.confirm(
+            "Erase every subscriber, delivery and bounce report for good?", abort=True,
+            err=True,
+        )
+    result = api.purge(
+        settings, campaign=campaign, older_than=older_than, all_personal_data=all_personal_data
+    )
+    if as_json:
+        _print_json(result.to_json())
+        return
+    removed = result.removed
+    for name in result.purged:
+        out.print(f"Purged {name}: its counts remain (mailer status {name}).", markup=False)
+    for name in result.already_purged:
+        if campaign is not None or all_personal_data:
+            out.print(f"{name} was already purged.", markup=False)
+    for skipped in result.skipped:
+        out.print(f"Kept {skipped.campaign}: {skipped.reason}.", markup=False)
+    out.print(
+        f"Removed {removed.deliveries} deliveries, {removed.attempts} attempt log entries, "
+        f"{removed.bounces} bounce reports"
+        + (f", {removed.subscribers} subscribers (keyed hashes kept for "
+           f"{removed.suppressions} who unsubscribed or bounced)" if all_personal_data else "")
+        + ".",
+        markup=False,
+    )
 
 
 # --- entry point --------------------------------------------------------------------------

@@ -23,13 +23,14 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     text,
     update,
 )
 
 from mailer.importer import Candidate, Notice, Rejection
-from mailer.models import Attempt, Delivery, ImportRun, Subscriber, Suppression
+from mailer.models import Attempt, Bounce, Delivery, ImportRun, Subscriber, Suppression
 from mailer.states import DeliveryState, SubscriberStatus
 from mailer.store.bulk import insert_rows, values_of
 from mailer.store.engine import dialect_insert
@@ -47,6 +48,14 @@ _SEEN = Table(
     Column("line", Integer, nullable=False),
     prefixes=["TEMPORARY"],
 )
+
+
+# Why an address is refused, by the reason its keyed hash was kept.
+_SUPPRESSED = {
+    "forget": "address erased on request (forget); not imported again",
+    "unsubscribed": "address unsubscribed before the list was purged; not imported again",
+    "bounced": "address bounced before the list was purged; not imported again",
+}
 
 
 @dataclass
@@ -119,15 +128,14 @@ def merge_batch(
     insert_rows(connection, _SEEN, [{"email_key": c.key, "line": c.line} for c in first.values()])
 
     hashes = {keyed_hash(suppression_key, key): key for key in first}
-    for key_hash in connection.scalars(
-        select(Suppression.key_hash).where(
+    for key_hash, reason in connection.execute(
+        select(Suppression.key_hash, Suppression.reason).where(
             Suppression.key_hash.in_(values_of(connection, list(hashes)))
         )
-    ):
+    ).all():
         erased = first.pop(hashes[key_hash])
-        result.rejections.append(
-            Rejection(erased.line, "address erased on request (forget); not imported again")
-        )
+        why = _SUPPRESSED.get(reason, _SUPPRESSED["forget"])
+        result.rejections.append(Rejection(erased.line, why))
 
     existing = {
         row.email_key: row
@@ -309,8 +317,14 @@ def suppress(connection: Connection, key_hash: str, reason: str, now: datetime) 
 
 
 def erase(connection: Connection, subscriber_id: int) -> None:
-    """Delete every row that names this subscriber: attempts, deliveries, the subscriber."""
+    """Delete every row that names this subscriber: bounce reports, attempts, deliveries,
+    the subscriber."""
     deliveries = select(Delivery.id).where(Delivery.subscriber_id == subscriber_id)
+    connection.execute(
+        delete(Bounce).where(
+            or_(Bounce.subscriber_id == subscriber_id, Bounce.delivery_id.in_(deliveries))
+        )
+    )
     connection.execute(delete(Attempt).where(Attempt.delivery_id.in_(deliveries)))
     connection.execute(delete(Delivery).where(Delivery.subscriber_id == subscriber_id))
     connection.execute(delete(Subscriber).where(Subscriber.id == subscriber_id))

@@ -94,6 +94,7 @@ class Settings:
     imap_password: str | None = field(default=None, repr=False)  # `bounces import imaps://…`
     imap_ca_file: Path | None = None
     sender: str | None = None
+    bounce_address: str | None = None  # VERP: the envelope sender becomes LOCAL+TOKEN@domain
     secret: str | None = field(default=None, repr=False)
     unsubscribe_url: str | None = None
     unsubscribe_mailto: str | None = None
@@ -128,6 +129,7 @@ _KEYS: dict[str, str] = {
     "smtp_max_messages": "smtp_max_messages",
     "imap_ca_file": "imap_ca_file",
     "from": "sender",
+    "bounce_address": "bounce_address",
     "unsubscribe_url": "unsubscribe_url",
     "unsubscribe_mailto": "unsubscribe_mailto",
     "retry_base_delay": "retry_base_delay",

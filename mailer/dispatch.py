@@ -42,6 +42,7 @@ from mailer.policy import Backoff, Decision, Outcome, decide
 from mailer.states import DeliveryState
 from mailer.store import deliveries as store
 from mailer.store.engine import database_errors, write_transaction
+from mailer.tokens import verp_address
 from mailer.transport import Reply, Stage, Submission, Transport
 
 T = TypeVar("T")
@@ -121,6 +122,7 @@ class RunOptions:
     backoff: Backoff = field(default_factory=Backoff)
     batch_size: int = 200
     throttle_pause: float = 1.0  # first pause after a throttling reply; doubles, ≤ 30 s
+    bounce_address: str | None = None  # VERP: each envelope sender is LOCAL+TOKEN@domain
 
 
 class Dispatcher:
@@ -333,10 +335,12 @@ class Dispatcher:
         if not self._still_ours(item):
             self.tally.lost += 1
             return  # left held: released at the end if it is still ours after all
+        bounce_address = self.options.bounce_address
         reply = await self.transport.send(
             Submission(
                 item.delivery_id,
-                self._sender,
+                verp_address(bounce_address, outgoing.links.token)
+                if bounce_address else self._sender,
                 item.recipient.address,
                 outgoing.data,
                 item.message_id,

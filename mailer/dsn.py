@@ -144,7 +144,12 @@ _ENHANCED = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
 _SMTP_CODE = re.compile(r"(?<![\w.,/:+=-])([245][0-5]\d)(?=[ :-]|$)", re.MULTILINE)
 _HIDDEN_HTML = re.compile(r"(?i)<(head|style|script)\b")
 _HEADER_LINE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,60}:([ \t]|$)")
-_VERP = re.compile(r"(?i)(?<![\w.+-])bounces\+([^@\s<>\"',;()]+)@[\w-]+(?:\.[\w-]+)+")
+# VERP: LOCAL+TOKEN@domain where TOKEN has the shape of mailer's tokens (MAILER_BOUNCE_ADDRESS
+# may have any local part), or anything after `bounces+`.
+_VERP = re.compile(
+    r"(?i)(?<![\w.+-])(?:[\w.-]+\+([0-9a-f]{1,16}\.[A-Za-z0-9_-]{22})"
+    r"|bounces\+([^@\s<>\"',;()]+))@[\w-]+(?:\.[\w-]+)+"
+)
 _DAEMON_FROM = re.compile(
     r"(?:^|[\s<\"'(])(?:mailer-daemon|mailer_daemon|mail-daemon|maildaemon|postmaster"
     r"|microsoftexchange[0-9a-f]{32})(?:@|>|\s|$)"
@@ -618,13 +623,13 @@ def _original_recipients(scan: _Scan) -> tuple[str, ...]:
 
 
 def _verp(msg: Message) -> str | None:
-    """TOKEN of bounces+TOKEN@domain in the bounce's own envelope or address headers."""
+    """TOKEN of LOCAL+TOKEN@domain in the bounce's own envelope or address headers."""
     for name in ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "X-Delivered-To",
                  "To", "Cc", "Return-Path"):
         for value in _headers(msg, name):
             match = _VERP.search(value)
             if match:
-                return match.group(1)
+                return match.group(1) or match.group(2)
     return None
 
 

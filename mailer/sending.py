@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from mailer.addresses import AddressError, clean_address
 from mailer.campaign import Campaign, load_campaign
 from mailer.clock import Clock, system_clock
 from mailer.config import Rate, Settings
@@ -154,8 +155,26 @@ def open_transport(settings: Settings, outbox: Path | None, concurrency: int) ->
     return SmtpPool(settings, concurrency=concurrency)
 
 
+def _bounce_address(settings: Settings) -> str | None:
+    """MAILER_BOUNCE_ADDRESS, checked: an ASCII address with room for a token in its local part."""
+    if not settings.bounce_address:
+        return None
+    try:
+        address, _ = clean_address(settings.bounce_address)
+    except AddressError as exc:
+        raise ConfigError(f"MAILER_BOUNCE_ADDRESS {settings.bounce_address!r}: {exc}") from exc
+    local = address.address.rpartition("@")[0]
+    if address.smtputf8 or len(local) > 64 - 40:
+        raise ConfigError(
+            f"MAILER_BOUNCE_ADDRESS {settings.bounce_address!r}: the local part must be ASCII "
+            "and at most 24 characters, to leave room for +TOKEN"
+        )
+    return address.address
+
+
 def run_options(settings: Settings, *, limit: int | None, include_uncertain: bool) -> RunOptions:
     return RunOptions(
+        bounce_address=_bounce_address(settings),
         concurrency=settings.concurrency,
         rate=settings.rate,
         limit=limit,

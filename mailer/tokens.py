@@ -40,3 +40,10 @@ def token_subscriber_id(token: str) -> int | None:
 
 def verify_token(secret: bytes, token: str, subscriber_id: int, email_key: str) -> bool:
     return hmac.compare_digest(token.strip(), make_token(secret, subscriber_id, email_key))
+
+
+def verp_address(bounce_address: str, token: str) -> str:
+    """`rebonds@asso.fr` + a token -> `rebonds+TOKEN@asso.fr`: the envelope sender that tells,
+    when a bounce comes back to it, which subscriber the message was for (VERP)."""
+    local, _, domain = bounce_address.rpartition("@")
+    return f"{local}+{token}@{domain}"

@@ -239,3 +239,92 @@ def test_unreadable_sources_are_one_line_errors(sent, tmp_path: Path) -> None:  
         assert words in result.stderr
         assert "Traceback" not in result.stderr
         assert "secret" not in result.stderr
+
+
+VERP_BOUNCE = """\
+Return-Path: <>
+Delivered-To: {envelope}
+From: Mail Delivery System <MAILER-DAEMON@mx.exemple.fr>
+To: {envelope}
+Subject: Undelivered Mail Returned to Sender
+Date: Thu, 26 Nov 2026 10:00:00 +0100
+Message-ID: <verp-bounce-1@mx.exemple.fr>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="b1"
+
+--b1
+Content-Type: text/plain; charset=us-ascii
+
+I'm sorry to have to inform you that your message could not be delivered.
+
+--b1
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.exemple.fr
+
+Final-Recipient: rfc822; ancienne.adresse@fournisseur-ferme.fr
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 <ancienne.adresse@fournisseur-ferme.fr>: User unknown
+
+--b1--
+"""
+
+
+def test_with_a_bounce_address_each_envelope_sender_names_its_subscriber(
+    cli, tmp_path: Path, database_url: str, smtp_server, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """VERP: with MAILER_BOUNCE_ADDRESS the relay sees rebonds+TOKEN@asso.fr as the envelope
+    sender, and a bounce that quotes nothing of the original (the message was forwarded to
+    another address, which failed) is still tied to the right subscriber by that address."""
+    shutil.copytree(REPO_TEMPLATES, tmp_path / "templates")
+    for name, value in {
+        "MAILER_SMTP_HOST": smtp_server.host, "MAILER_SMTP_PORT": str(smtp_server.port),
+        "MAILER_SMTP_SECURITY": "none", "MAILER_BOUNCE_ADDRESS": "rebonds@asso.fr",
+    }.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "liste.csv").write_text(
+        "email\nok.forward@asso.fr\nok.reste@asso.fr\n", "utf-8"
+    )
+    assert cli("import", "liste.csv").code == 0
+    result = cli("send", "closure-notice")
+    assert result.code == 0, result.stderr
+    senders = {m.recipients[0]: m.sender for m in smtp_server.messages}
+    assert len(senders) == 2
+    for sender in senders.values():
+        local, _, domain = sender.partition("@")
+        assert domain == "asso.fr"
+        assert local.startswith("rebonds+")
+    assert len(set(senders.values())) == 2  # one per subscriber
+    # The header From is unchanged: only the envelope carries the token.
+    for message in smtp_server.messages:
+        assert b"rebonds+" not in message.data
+        assert b"\r\nFrom: " in b"\r\n" + message.data
+
+    bounce = VERP_BOUNCE.format(envelope=senders["ok.forward@asso.fr"]).encode()
+    box = write_mbox(tmp_path / "verp.mbox", [bounce])
+    summary = json.loads(cli("bounces", "import", str(box), "--json").stdout)
+    assert (summary["matched"], summary["subscribers_bounced"]) == (1, 1)
+    state = ledger(database_url)
+    assert state["ok.forward@asso.fr"][:2] == ("bounced", "failed")
+    assert state["ok.reste@asso.fr"][:2] == ("active", "sent")
+    # A forged token matches no one.
+    forged = VERP_BOUNCE.format(
+        envelope=senders["ok.reste@asso.fr"][:-12] + "AAAA@asso.fr"
+    ).replace("verp-bounce-1", "verp-bounce-2").encode()
+    box = write_mbox(tmp_path / "forged.mbox", [forged])
+    summary = json.loads(cli("bounces", "import", str(box), "--json").stdout)
+    assert (summary["matched"], summary["unmatched"]) == (0, 1)
+    assert ledger(database_url)["ok.reste@asso.fr"][:2] == ("active", "sent")
+
+
+def test_a_bad_bounce_address_is_a_configuration_error(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    shutil.copytree(REPO_TEMPLATES, tmp_path / "templates")
+    (tmp_path / "liste.csv").write_text("email\nok@asso.fr\n", "utf-8")
+    assert cli("import", "liste.csv").code == 0
+    monkeypatch.setenv("MAILER_BOUNCE_ADDRESS", "pas une adresse")
+    result = cli("send", "closure-notice", "--outbox", "out")
+    assert result.code == 78
+    assert result.stderr.startswith("Error: MAILER_BOUNCE_ADDRESS")

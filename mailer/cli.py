@@ -774,6 +774,30 @@ def _print_bounces(summary: BounceSummary) -> None:
         out.print(f"  ... and {hidden} more (--json lists up to 100 of each)", markup=False)
 
 
+# --- serve --------------------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve_command(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(
+        help="Address to listen on (plain HTTP; put a reverse proxy with TLS in front)."
+    )] = "127.0.0.1",
+    port: Annotated[int, typer.Option(
+        min=0, max=65535, help="Port to listen on (0: any free port, printed)."
+    )] = 8080,
+) -> None:
+    """Answer one-click unsubscribe links (RFC 8058) at the path of MAILER_UNSUBSCRIBE_URL.
+
+    GET shows a page in French with a button; only the POST unsubscribes.
+
+    Example: mailer serve --port 8080
+    """
+    from mailer import web  # the web stack loads only for this command
+
+    web.serve(_global(ctx).settings(), host, port)
+
+
 # --- purge --------------------------------------------------------------------------------
 
 

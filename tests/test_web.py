@@ -39,6 +39,8 @@ from mailer.models import Campaign, Delivery, Subscriber
 from mailer.store import meta
 from mailer.store.engine import read_transaction, write_transaction
 from mailer.tokens import make_token
+from mailer.web import pages, service
+from mailer.web.middleware import masked_path
 from tests.conftest import write_campaign
 
 PEOPLE = ["helene.dupont@exemple.fr", "zoe.oeuvray@exemple.fr", "anais.ndiaye@exemple.fr"]
@@ -504,19 +506,19 @@ def test_no_url_at_all_is_a_config_error_with_a_hint(tmp_path: Path) -> None:
 
 
 def test_without_a_list_name_the_wording_is_neutral() -> None:
-    page = web._confirm_page(None, "camille@exemple.fr").body.decode()
+    page = pages.confirm(None, "camille@exemple.fr").html
     assert "<h1>Se désinscrire de la lettre d’information</h1>" in page
-    named = web._confirm_page("Les <Amis> & co", "camille@exemple.fr").body.decode()
+    named = pages.confirm("Les <Amis> & co", "camille@exemple.fr").html
     assert "«\u00a0Les &lt;Amis&gt; &amp; co\u00a0»" in named  # escaped
 
 
 def test_the_address_is_masked() -> None:
-    assert web.mask_address("helene.dupont@exemple.fr") == "h••••@exemple.fr"
-    assert web.mask_address("a@b.fr") == "a••••@b.fr"
-    assert web.mask_address("jürgen@bücher.de") == "j••••@bücher.de"
-    assert web.masked_path("/desinscription/2a.Q1w2e3r4t5y6u7i8o9p0aZ") == \
+    assert pages.mask_address("helene.dupont@exemple.fr") == "h••••@exemple.fr"
+    assert pages.mask_address("a@b.fr") == "a••••@b.fr"
+    assert pages.mask_address("jürgen@bücher.de") == "j••••@bücher.de"
+    assert masked_path("/desinscription/2a.Q1w2e3r4t5y6u7i8o9p0aZ") == \
         "/desinscription/<token>"
-    assert web.masked_path("/d/2a.Q1w/x") == "/d/<token>/x"
+    assert masked_path("/d/2a.Q1w/x") == "/d/<token>/x"
 
 
 def test_a_bug_is_a_500_page_without_a_traceback(
@@ -525,7 +527,7 @@ def test_a_bug_is_a_500_page_without_a_traceback(
     def broken(self: object, token: str) -> None:
         raise RuntimeError("a bug, with a secret detail")
 
-    monkeypatch.setattr(web._Service, "find", broken)
+    monkeypatch.setattr(service.Service, "find", broken)
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", templates_dir=tmp_path,
                         unsubscribe_url="https://asso.fr/desinscription/{token}")
     with running(settings) as server:
@@ -554,7 +556,7 @@ def test_a_database_down_at_startup_gives_503_pages_not_tracebacks(
             for reply in (fetch(server.base_url, path), post(server.base_url, path)):
                 assert_secure_page(reply, 503)
                 assert h1(reply) == "Service momentanément indisponible"
-                assert reply.headers["retry-after"] == str(web.RETRY_AFTER_SECONDS)
+                assert reply.headers["retry-after"] == str(pages.RETRY_AFTER_SECONDS)
                 assert "nobody" not in reply.body
                 assert "127.0.0.1" not in reply.body
             # A malformed token needs no database: still the plain 404.

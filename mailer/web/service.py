@@ -1,0 +1,140 @@
+"""The unsubscribe page's database side: one engine, the token check, the status change.
+
+Synchronous: the app calls it in Starlette's thread pool. Database errors come out as
+MailerErrors, which the app shows as its 503 page.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+from sqlalchemy import Engine
+
+from mailer.clock import Clock
+from mailer.config import Settings
+from mailer.errors import DatabaseError, MailerError
+from mailer.states import SubscriberStatus
+from mailer.store import meta
+from mailer.store import subscribers as store
+from mailer.store.engine import (
+    database_errors,
+    describe,
+    ensure_schema,
+    open_engine,
+    read_transaction,
+    write_transaction,
+)
+from mailer.tokens import token_subscriber_id, verify_token
+
+log = logging.getLogger("mailer.web")
+
+_DATABASE_RETRY_SECONDS = 2.0  # while the database is down, at most one attempt this often
+
+
+class Database:
+    """One engine for the server's life, the schema ensured once, the token key read once.
+
+    `open()` is cheap once it has succeeded. While the database is down it raises
+    DatabaseError, trying again at most every couple of seconds, so an outage is a 503 per
+    request and the server recovers by itself when the database comes back.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._secret: bytes | None = None
+        self._failed_at = 0.0
+        self._failure: MailerError | None = None
+
+    def open(self) -> tuple[Engine, bytes]:
+        engine, secret = self._engine, self._secret
+        if engine is not None and secret is not None:
+            return engine, secret
+        with self._lock:
+            if self._engine is None:
+                self._engine = open_engine(self._settings.database_url)  # ConfigError: fatal
+            if self._secret is None:
+                recent = time.monotonic() - self._failed_at < _DATABASE_RETRY_SECONDS
+                if self._failure is not None and recent:
+                    raise DatabaseError(self._failure.message, hint=self._failure.hint)
+                try:
+                    with database_errors(self._engine):
+                        ensure_schema(self._engine)
+                        # Generated on first use (a send would have made it already); the
+                        # key never changes while the server runs.
+                        with write_transaction(self._engine) as connection:
+                            self._secret = meta.token_secret(connection, self._settings.secret)
+                except DatabaseError as exc:
+                    self._failed_at, self._failure = time.monotonic(), exc
+                    raise
+                self._failure = None
+            return self._engine, self._secret
+
+    def close(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._engine.dispose()
+            self._engine, self._secret = None, None
+
+    @property
+    def where(self) -> str:
+        return describe(self._settings.database_url)
+
+
+@dataclass(frozen=True)
+class Found:
+    """The subscriber a genuine token names, as the pages need them."""
+
+    subscriber_id: int
+    email: str
+    status: str
+
+
+class Outcome(Enum):
+    UNSUBSCRIBED = "unsubscribed"
+    ALREADY = "already"
+
+
+class Service:
+    """The two things the pages do with the database: look a token up, unsubscribe."""
+
+    def __init__(self, database: Database, clock: Clock) -> None:
+        self.database = database
+        self.clock = clock
+
+    def find(self, token: str) -> Found | None:
+        """The subscriber a genuine token names, or None (malformed, forged, unknown, erased)."""
+        subscriber_id = token_subscriber_id(token)
+        if subscriber_id is None:
+            return None
+        engine, secret = self.database.open()
+        with database_errors(engine), read_transaction(engine) as connection:
+            row = store.get(connection, subscriber_id)
+        if row is None or not verify_token(secret, token, row.id, row.email_key):
+            return None
+        return Found(int(row.id), str(row.email), str(row.status))
+
+    def unsubscribe(self, token: str) -> tuple[Found, Outcome] | None:
+        """Unsubscribe the token's subscriber (skipping what they had pending); idempotent."""
+        found = self.find(token)  # a read first: a forged token never takes the write lock
+        if found is None:
+            return None
+        if found.status != SubscriberStatus.ACTIVE.value:
+            return found, Outcome.ALREADY
+        engine, secret = self.database.open()
+        with database_errors(engine), write_transaction(engine) as connection:
+            row = store.get(connection, found.subscriber_id)
+            if row is None or not verify_token(secret, token, row.id, row.email_key):
+                return None  # erased in between
+            changed = store.set_status(
+                connection, row.email_key, SubscriberStatus.UNSUBSCRIBED, self.clock()
+            )
+        if changed is None:
+            return found, Outcome.ALREADY
+        log.info("subscriber #%d unsubscribed (one-click)", found.subscriber_id)
+        return found, Outcome.UNSUBSCRIBED

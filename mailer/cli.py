@@ -735,23 +735,28 @@ def _counted(
     return lambda done, total: progress(done, total if total is not None else done)
 
 
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    return f"{number} {singular if number == 1 else plural or singular + 's'}"
+
+
 def _print_bounces(summary: BounceSummary) -> None:
     out.print(
-        f"{summary.messages} messages read from {summary.source}: "
-        f"{summary.bounces} bounce reports ({summary.permanent} permanent, "
+        f"{_count(summary.messages, 'message')} read from {summary.source}: "
+        f"{_count(summary.bounces, 'bounce report')} ({summary.permanent} permanent, "
         f"{summary.temporary} temporary), {summary.ignored} ignored, "
         f"{summary.unrecognised} not understood.",
         markup=False,
     )
     out.print(
         f"Matched {summary.matched}, unmatched {summary.unmatched}; "
-        f"{summary.deliveries_failed} deliveries failed, "
-        f"{summary.subscribers_bounced} subscribers marked bounced.",
+        f"{_count(summary.deliveries_failed, 'delivery', 'deliveries')} failed, "
+        f"{_count(summary.subscribers_bounced, 'subscriber')} marked bounced.",
         markup=False,
     )
     if summary.already_imported:
         out.print(
-            f"{summary.already_imported} reports were already imported: left as they were.",
+            f"{_count(summary.already_imported, 'report')} already imported: left as "
+            f"{'it was' if summary.already_imported == 1 else 'they were'}.",
             markup=False,
         )
     for reason, number in sorted(summary.ignored_reasons.items()):
@@ -851,12 +856,14 @@ def purge_command(
             out.print(f"{name} was already purged.", markup=False)
     for skipped in result.skipped:
         out.print(f"Kept {skipped.campaign}: {skipped.reason}.", markup=False)
+    erased = (
+        f", {_count(removed.subscribers, 'subscriber')} (keyed hashes kept for "
+        f"{removed.suppressions} who unsubscribed or bounced)"
+    )
     out.print(
-        f"Removed {removed.deliveries} deliveries, {removed.attempts} attempt log entries, "
-        f"{removed.bounces} bounce reports"
-        + (f", {removed.subscribers} subscribers (keyed hashes kept for "
-           f"{removed.suppressions} who unsubscribed or bounced)" if all_personal_data else "")
-        + ".",
+        f"Removed {_count(removed.deliveries, 'delivery', 'deliveries')}, "
+        f"{_count(removed.attempts, 'attempt log entry', 'attempt log entries')}, "
+        f"{_count(removed.bounces, 'bounce report')}{erased if all_personal_data else ''}.",
         markup=False,
     )
 

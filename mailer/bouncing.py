@@ -189,9 +189,11 @@ def _match(
     sent = store.by_message_ids(connection, report.message_ids)
     if sent is None and report.verp:
         sent = _by_verp(connection, token_key, report.verp)
-    named = _by_address(connection, recipient.recipient) if recipient.recipient else None
-    if named is not None and (sent is None or sent.subscriber_id != named.subscriber_id):
-        return named
+    named_key = _key_of(recipient.recipient) if recipient.recipient else None
+    if named_key is not None and (sent is None or named_key != sent.email_key):
+        named = store.by_address(connection, named_key)
+        if named is not None:
+            return named
     if sent is not None:
         return sent
     for address in report.original_recipients:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from mailer.models import Bounce, Delivery, Subscriber
 from mailer.states import DeliveryState, SubscriberStatus, origins_of
@@ -32,15 +33,46 @@ class Target:
     delivery_id: int | None
 
 
+# Statements built once (a mailbox of bounces runs them for each report): the values travel
+# as bind parameters, so each compiles once and is served from SQLAlchemy's cache.
+_BY_MESSAGE_IDS = (
+    select(Delivery.id, Delivery.message_id, Subscriber.id.label("sid"), Subscriber.email_key)
+    .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+    .where(Delivery.message_id.in_(bindparam("b_ids", expanding=True)))
+)
+# A subscriber's last delivery that went out (or may have): the one a bounce comes back for.
+_LATEST_DELIVERY = (
+    select(Delivery.id)
+    .where(
+        Delivery.subscriber_id == Subscriber.id,
+        Delivery.state.in_([S.SENT.value, S.UNCERTAIN.value, S.FAILED.value]),
+    )
+    .order_by(Delivery.sent_at.desc().nulls_last(), Delivery.id.desc())
+    .limit(1)
+    .correlate(Subscriber)
+    .scalar_subquery()
+)
+_SUBSCRIBER = select(Subscriber.id, Subscriber.email_key, _LATEST_DELIVERY.label("delivery_id"))
+_BY_ADDRESS = _SUBSCRIBER.where(Subscriber.email_key == bindparam("b_key"))
+_BY_ID = _SUBSCRIBER.where(Subscriber.id == bindparam("b_id"))
+_FAIL = (
+    update(Delivery)
+    .where(Delivery.id == bindparam("b_id"), Delivery.state.in_(_FAILABLE))
+    .values(
+        state=S.FAILED.value,
+        last_code=bindparam("b_code"),
+        last_reply=bindparam("b_reply"),
+        next_attempt_at=None,
+        updated_at=bindparam("b_now"),
+    )
+)
+
+
 def by_message_ids(connection: Connection, message_ids: Sequence[str]) -> Target | None:
     """The delivery that carried one of these Message-IDs (the first one that matches)."""
     if not message_ids:
         return None
-    rows = connection.execute(
-        select(Delivery.id, Delivery.message_id, Subscriber.id.label("sid"), Subscriber.email_key)
-        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(Delivery.message_id.in_(list(message_ids)))
-    ).all()
+    rows = connection.execute(_BY_MESSAGE_IDS, {"b_ids": list(message_ids)}).all()
     found = {row.message_id: row for row in rows}
     for message_id in message_ids:
         row = found.get(message_id)
@@ -51,32 +83,41 @@ def by_message_ids(connection: Connection, message_ids: Sequence[str]) -> Target
 
 def by_subscriber(connection: Connection, subscriber_id: int) -> Target | None:
     """A subscriber named by a verified token, with their most recent delivery."""
-    row = connection.execute(
-        select(Subscriber.id, Subscriber.email_key).where(Subscriber.id == subscriber_id)
-    ).first()
-    return _with_latest_delivery(connection, row.id, row.email_key) if row else None
+    return _target(connection.execute(_BY_ID, {"b_id": subscriber_id}).first())
 
 
 def by_address(connection: Connection, email_key: str) -> Target | None:
     """The subscriber with this address, with their most recent delivery."""
-    row = connection.execute(
-        select(Subscriber.id, Subscriber.email_key).where(Subscriber.email_key == email_key)
-    ).first()
-    return _with_latest_delivery(connection, row.id, row.email_key) if row else None
+    return _target(connection.execute(_BY_ADDRESS, {"b_key": email_key}).first())
 
 
-def _with_latest_delivery(connection: Connection, subscriber_id: int, email_key: str) -> Target:
-    # The last one that went out (or may have): that is the message a bounce comes back for.
-    delivery_id = connection.scalar(
-        select(Delivery.id)
-        .where(
-            Delivery.subscriber_id == subscriber_id,
-            Delivery.state.in_([S.SENT.value, S.UNCERTAIN.value, S.FAILED.value]),
+def _target(row: Any) -> Target | None:
+    return Target(row.id, row.email_key, row.delivery_id) if row is not None else None
+
+
+_INSERTS: dict[str, Any] = {}  # by dialect: the INSERT ... ON CONFLICT (key) DO NOTHING
+
+
+def _insert(connection: Connection) -> Any:
+    dialect = connection.dialect.name
+    if dialect not in _INSERTS:
+        _INSERTS[dialect] = (
+            dialect_insert(connection)(Bounce)
+            .values(
+                key=bindparam("b_key"),
+                delivery_id=bindparam("b_delivery"),
+                subscriber_id=bindparam("b_subscriber"),
+                severity=bindparam("b_severity"),
+                status=bindparam("b_status"),
+                diagnostic=bindparam("b_diagnostic"),
+                format=bindparam("b_format"),
+                reported_at=bindparam("b_reported"),
+                imported_at=bindparam("b_now"),
+            )
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(Bounce.id)
         )
-        .order_by(Delivery.sent_at.desc().nulls_last(), Delivery.id.desc())
-        .limit(1)
-    )
-    return Target(subscriber_id, email_key, delivery_id)
+    return _INSERTS[dialect]
 
 
 @dataclass(frozen=True)
@@ -107,20 +148,18 @@ def record(
     now is left to its sender.
     """
     inserted = connection.execute(
-        dialect_insert(connection)(Bounce)
-        .values(
-            key=key,
-            delivery_id=target.delivery_id if target else None,
-            subscriber_id=target.subscriber_id if target else None,
-            severity="permanent" if permanent else "temporary",
-            status=status,
-            diagnostic=diagnostic,
-            format=format[:32],
-            reported_at=reported_at,
-            imported_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["key"])
-        .returning(Bounce.id)
+        _insert(connection),
+        {
+            "b_key": key,
+            "b_delivery": target.delivery_id if target else None,
+            "b_subscriber": target.subscriber_id if target else None,
+            "b_severity": "permanent" if permanent else "temporary",
+            "b_status": status,
+            "b_diagnostic": diagnostic,
+            "b_format": format[:32],
+            "b_reported": reported_at,
+            "b_now": now,
+        },
     ).first()
     if inserted is None:
         return Recorded(new=False)
@@ -130,15 +169,9 @@ def record(
     if target.delivery_id is not None:
         failed = bool(
             connection.execute(
-                update(Delivery)
-                .where(Delivery.id == target.delivery_id, Delivery.state.in_(_FAILABLE))
-                .values(
-                    state=S.FAILED.value,
-                    last_code=code,
-                    last_reply=f"bounce: {diagnostic}"[:2000],
-                    next_attempt_at=None,
-                    updated_at=now,
-                )
+                _FAIL,
+                {"b_id": target.delivery_id, "b_code": code,
+                 "b_reply": f"bounce: {diagnostic}"[:2000], "b_now": now},
             ).rowcount
         )
     bounced = marks_subscriber and (

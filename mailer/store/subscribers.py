@@ -243,6 +243,25 @@ def _apply_opt_outs(
         set_status(connection, key, status, now)
 
 
+# Built once: a bounce import or the unsubscribe page runs these for one person at a time,
+# and building a Core statement costs more than running it on SQLite.
+_SET_STATUS = (
+    update(Subscriber)
+    .where(Subscriber.email_key == bindparam("b_key"), Subscriber.status == ACTIVE.value)
+    .values(status=bindparam("b_status"), status_changed_at=bindparam("b_now"),
+            updated_at=bindparam("b_now"))
+    .returning(Subscriber.id)
+)
+_SKIP_PENDING = (
+    update(Delivery)
+    .where(
+        Delivery.subscriber_id == bindparam("b_id"),
+        Delivery.state.in_([DeliveryState.PENDING.value, DeliveryState.DEFERRED.value]),
+    )
+    .values(state=DeliveryState.SKIPPED.value, updated_at=bindparam("b_now"), lease_owner=None)
+)
+
+
 def set_status(
     connection: Connection, email_key: str, status: SubscriberStatus, now: datetime
 ) -> int | None:
@@ -252,10 +271,7 @@ def set_status(
     """
     # Only an active subscriber changes: nobody is resubscribed, and a bounce stays a bounce.
     row = connection.execute(
-        update(Subscriber)
-        .where(Subscriber.email_key == email_key, Subscriber.status == ACTIVE.value)
-        .values(status=status.value, status_changed_at=now, updated_at=now)
-        .returning(Subscriber.id)
+        _SET_STATUS, {"b_key": email_key, "b_status": status.value, "b_now": now}
     ).first()
     if row is None:
         return None
@@ -265,14 +281,7 @@ def set_status(
 
 def skip_pending(connection: Connection, subscriber_id: int, now: datetime) -> int:
     """Skip the deliveries not yet tried of someone who is no longer active."""
-    return connection.execute(
-        update(Delivery)
-        .where(
-            Delivery.subscriber_id == subscriber_id,
-            Delivery.state.in_([DeliveryState.PENDING, DeliveryState.DEFERRED]),
-        )
-        .values(state=DeliveryState.SKIPPED.value, updated_at=now, lease_owner=None)
-    ).rowcount
+    return connection.execute(_SKIP_PENDING, {"b_id": subscriber_id, "b_now": now}).rowcount
 
 
 def find(connection: Connection, email_key: str) -> Any:

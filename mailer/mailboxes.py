@@ -64,6 +64,7 @@ from mailer.errors import (
     MailerError,
     NotFoundError,
 )
+from mailer.tls import verified_context
 
 IMAP_PORT = 993
 IMAP_TIMEOUT = 60.0  # seconds: connecting, and each reply of the server
@@ -329,7 +330,7 @@ def _open_imap(
     password = settings.imap_password
     if not password:
         raise ConfigError(f"no password for the IMAP account {source}", hint=_CREDENTIALS_HINT)
-    context = _tls_context(settings)
+    context = verified_context(settings.imap_ca_file, "imap_ca_file")
     server = f"the IMAP server {source.server}"
     with _imap_errors(source, f"cannot connect to {server}", secret=password, connecting=True):
         client = imaplib.IMAP4_SSL(source.host, source.port, ssl_context=context, timeout=timeout)
@@ -353,19 +354,6 @@ def _open_imap(
         else:  # no LOGOUT: it would only wait for a dead connection's timeout again
             with suppress(OSError):
                 client.shutdown()
-
-
-def _tls_context(settings: Settings) -> ssl.SSLContext:
-    """Verified TLS: the system's CAs, plus imap_ca_file when set (as smtp_ca_file)."""
-    context = ssl.create_default_context()
-    if settings.imap_ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=str(settings.imap_ca_file))
-        except (OSError, ssl.SSLError) as exc:  # missing, unreadable, or not PEM
-            raise ConfigError(
-                f"cannot load imap_ca_file {settings.imap_ca_file}: {_reason(exc)}"
-            ) from exc
-    return context
 
 
 @contextmanager

@@ -48,6 +48,7 @@ from aiosmtplib.email import parse_address
 
 from mailer.config import Security, Settings
 from mailer.errors import ConfigError, MailerError, RelayTemporaryError
+from mailer.tls import verified_context
 
 
 class Stage(StrEnum):
@@ -390,7 +391,10 @@ class SmtpPool:
         self._data_timeout = settings.smtp_data_timeout
         self._max_messages = settings.smtp_max_messages
         self._local_hostname = local_hostname
-        self._tls_context = None if self.security == "none" else _tls_context(settings)
+        self._tls_context = (
+            None if self.security == "none"
+            else verified_context(settings.smtp_ca_file, "smtp_ca_file")
+        )
         size = max(1, concurrency if concurrency is not None else settings.concurrency)
         self._slots = [_Slot() for _ in range(size)]
         # Last in, first out: a sequential caller keeps reusing one warm connection.
@@ -633,20 +637,6 @@ class SmtpPool:
             await smtp.rset()
         except SMTP_ERRORS:
             smtp.close()
-
-
-def _tls_context(settings: Settings) -> ssl.SSLContext:
-    """Verified TLS: the system's CAs, plus smtp_ca_file when set."""
-    context = ssl.create_default_context()
-    if settings.smtp_ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=str(settings.smtp_ca_file))
-        except (OSError, ssl.SSLError) as exc:  # missing, unreadable, or not PEM
-            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
-            raise ConfigError(
-                f"cannot load smtp_ca_file {settings.smtp_ca_file}: {reason}"
-            ) from exc
-    return context
 
 
 def smtp_transport(settings: Settings, concurrency: int | None = None) -> SmtpPool:

@@ -175,7 +175,13 @@ def enqueue(connection: Connection, campaign: CampaignRow, domain: str, now: dat
         .on_conflict_do_nothing(index_elements=["campaign_id", "subscriber_id"])
         .returning(Delivery.id)  # counted: psycopg reports rowcount -1 for this statement
     )
-    return sum(1 for _ in connection.execute(statement))
+    count = sum(1 for _ in connection.execute(statement))
+    if count and connection.dialect.name == "postgresql":
+        # Fresh statistics for the planner, even where autovacuum is off or has not run yet:
+        # without them a bounce import's per-subscriber lookups read the whole campaign's
+        # index entries (benchmarks/README.md, "Bounces and purge").
+        connection.execute(text("ANALYZE deliveries"))
+    return count
 
 
 def _to_check(campaign_id: int | None, unqueued_only: bool) -> list[Any]:

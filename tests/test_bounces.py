@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import mailbox
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -98,16 +99,9 @@ def fixtures(database_url: str) -> list[bytes]:
     return messages
 
 
-def write_mbox(path: Path, messages: list[bytes]) -> Path:
-    box = mailbox.mbox(path)
-    for raw in messages:
-        box.add(raw)
-    box.close()
-    return path
-
-
-def write_maildir(path: Path, messages: list[bytes]) -> Path:
-    box = mailbox.Maildir(path)
+def write_box(path: Path, messages: list[bytes], kind: str = "mbox") -> Path:
+    """An mbox file or (kind="maildir") a Maildir folder holding these messages."""
+    box: mailbox.Mailbox = mailbox.mbox(path) if kind == "mbox" else mailbox.Maildir(path)
     for raw in messages:
         box.add(raw)
     box.close()
@@ -141,7 +135,7 @@ def check_first_import(summary: dict[str, object], database_url: str, *, empty: 
 def test_an_mbox_of_bounces_fails_the_right_deliveries_and_bounces_the_right_people(
     sent, database_url: str, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    box = write_mbox(tmp_path / "rebonds.mbox", fixtures(database_url))
+    box = write_box(tmp_path / "rebonds.mbox", fixtures(database_url))
     result = sent("bounces", "import", str(box), "--json")
     assert result.code == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -164,7 +158,7 @@ def test_an_mbox_of_bounces_fails_the_right_deliveries_and_bounces_the_right_peo
     assert ledger(database_url) == before
 
     # The same messages read from a Maildir are the same reports.
-    folder = write_maildir(tmp_path / "Maildir", fixtures(database_url))
+    folder = write_box(tmp_path / "Maildir", fixtures(database_url), "maildir")
     from_maildir = json.loads(sent("bounces", "import", str(folder), "--json").stdout)
     assert from_maildir["already_imported"] == 13
     assert ledger(database_url) == before
@@ -187,10 +181,11 @@ def test_the_human_summary_and_a_bounced_subscriber_is_skipped_by_retry(
         ).scalar_subquery()
         connection.execute(
             update(Delivery).where(Delivery.subscriber_id == gerard)
-            .values(state="deferred", sent_at=None)
+            .values(state="deferred", sent_at=None,
+                    next_attempt_at=datetime(2026, 1, 1, tzinfo=UTC))  # due: retry would send
         )
     engine.dispose()
-    box = write_mbox(tmp_path / "rebonds.mbox", fixtures(database_url))
+    box = write_box(tmp_path / "rebonds.mbox", fixtures(database_url))
     result = sent("bounces", "import", str(box))
     assert result.code == 0, result.stderr
     assert "20 messages read from" in result.stdout
@@ -302,7 +297,7 @@ def test_with_a_bounce_address_each_envelope_sender_names_its_subscriber(
         assert b"\r\nFrom: " in b"\r\n" + message.data
 
     bounce = VERP_BOUNCE.format(envelope=senders["ok.forward@asso.fr"]).encode()
-    box = write_mbox(tmp_path / "verp.mbox", [bounce])
+    box = write_box(tmp_path / "verp.mbox", [bounce])
     summary = json.loads(cli("bounces", "import", str(box), "--json").stdout)
     assert (summary["matched"], summary["subscribers_bounced"]) == (1, 1)
     state = ledger(database_url)
@@ -312,7 +307,7 @@ def test_with_a_bounce_address_each_envelope_sender_names_its_subscriber(
     forged = VERP_BOUNCE.format(
         envelope=senders["ok.reste@asso.fr"][:-12] + "AAAA@asso.fr"
     ).replace("verp-bounce-1", "verp-bounce-2").encode()
-    box = write_mbox(tmp_path / "forged.mbox", [forged])
+    box = write_box(tmp_path / "forged.mbox", [forged])
     summary = json.loads(cli("bounces", "import", str(box), "--json").stdout)
     assert (summary["matched"], summary["unmatched"]) == (0, 1)
     assert ledger(database_url)["ok.reste@asso.fr"][:2] == ("active", "sent")

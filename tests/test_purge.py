@@ -44,11 +44,7 @@ def sent(cli, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def count(database_url: str, model: type) -> int:
-    engine = create_engine(database_url)
-    with engine.connect() as connection:
-        number = connection.scalar(select(func.count()).select_from(model))
-    engine.dispose()
-    return int(number or 0)
+    return int(_scalars(database_url, select(func.count()).select_from(model))[0])
 
 
 def execute(database_url: str, statement: object) -> None:

@@ -17,7 +17,7 @@ For each mailbox size N (default 2,000 and 20,000 messages) and each backend:
    only the address leads to the subscriber. Written as an mbox, and as a Maildir of the same
    messages, by a child process (this one stays small: see make_mailboxes).
 3. Measured child processes (os.wait4: wall, CPU, peak RSS): the ceilings, Python's mailbox
-   module reading the mbox (best of 3), then reading and `mailer.dsn.parse` on each message
+   module reading the mbox (best of 3), then reading and `mailer.bounces.dsn.parse` on each message
    (the read and parse times split inside); `mailer bounces import box.mbox --json`; on a
    copy of the database made before it, `mailer bounces import Maildir --json`; the mbox
    again (everything already imported); `mailer purge --all-personal-data --yes --json`.
@@ -550,14 +550,14 @@ LABELS = {
 }
 
 # The ceilings, in a child process: Python's mailbox module reading every message of the mbox
-# (as mailer does: factory=None, get_bytes), and with "parse" also mailer.dsn.parse on each,
+# (as mailer does: factory=None, get_bytes), and with "parse" also mailer.bounces.dsn.parse on each,
 # the two timed apart. Prints JSON.
 CEILING_CODE = """\
 import json, mailbox, sys, time
 from collections import Counter
 parse = None
 if sys.argv[2] == "parse":
-    from mailer.dsn import parse
+    from mailer.bounces.dsn import parse
 read_s = parse_s = 0.0
 kinds, severities, fixture_us, fixture_n = Counter(), Counter(), Counter(), Counter()
 names = open(sys.argv[3], encoding="ascii")

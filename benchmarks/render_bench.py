@@ -4,8 +4,8 @@ For N generated French subscribers (deterministic, seeded), in one process and i
 chunks, it times:
 
 - reference: the token and Message-ID, Jinja rendering (`factory.renderer.render`), then
-  `mailer.message.build_message(...).as_bytes()`, the standard library's EmailMessage;
-- mailer: `factory.make(recipient, date=DATE).data`, Jinja rendering and `mailer.compose`;
+  `mailer.messages.reference.build_message(...).as_bytes()`, the standard library's EmailMessage;
+- mailer: `factory.make(recipient, date=DATE).data`, Jinja rendering and `mailer.messages.compose`;
 - composition alone, on pre-rendered parts: `composer.reference(...)` (timed inside the
   reference loop above) against `composer.compose(...)`, and Jinja alone (a second pass).
 
@@ -53,12 +53,12 @@ import jinja2
 from _measure import machine_busy_seconds, parse_counts
 
 import mailer
-from mailer.addresses import clean_address
-from mailer.campaign import load_campaign
-from mailer.config import Settings
-from mailer.message import Envelope, build_message
-from mailer.messages import MessageFactory
-from mailer.render import Recipient
+from mailer.core.addresses import clean_address
+from mailer.core.config import Settings
+from mailer.core.people import Recipient
+from mailer.messages.campaign import load_campaign
+from mailer.messages.factory import MessageFactory
+from mailer.messages.reference import Envelope, build_message
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT_ENV = "RENDER_BENCH_SNAPSHOT"  # set by --snapshot: the folder of the frozen copy
@@ -70,7 +70,7 @@ DEFAULT_COUNT = 10_000
 DEFAULT_MEMORY_SIZES = (10_000, 100_000)
 DEFAULT_SEED = 20261126
 WARMUP_SEED = 1  # warm-up subscribers differ from the measured ones
-QP_CACHE_LINES = 8192  # mailer.compose.qp_line's lru_cache: see compose_alone()
+QP_CACHE_LINES = 8192  # mailer.messages.compose.qp_line's lru_cache: see compose_alone()
 DIGEST = 16
 
 # --- generated subscribers ------------------------------------------------------------------
@@ -202,7 +202,7 @@ def make_factory() -> MessageFactory:
     factory = MessageFactory(campaign, secret=SECRET, nonce=NONCE)
     if not factory.composer.fast:
         raise SystemExit(
-            "mailer.compose.Composer disabled its fast path (its self-check failed): "
+            "mailer.messages.compose.Composer disabled its fast path (its self-check failed): "
             "there is nothing to compare"
         )
     return factory
@@ -419,10 +419,10 @@ def compose_alone(
     (in the reference loop, Jinja is slower: build_message's garbage and cache misses in
     between).
 
-    Its own pass, after compare_paths(): mailer.compose remembers the last 8,192 encoded body
-    lines, and a message has about three of its own (the address, the unsubscribe links). Run
-    right after make() on the same subscriber, compose() would find them remembered and look
-    faster than it is; here `count` other messages came in between.
+    Its own pass, after compare_paths(): mailer.messages.compose remembers the last 8,192
+    encoded body lines, and a message has about three of its own (the address, the unsubscribe
+    links). Run right after make() on the same subscriber, compose() would find them remembered
+    and look faster than it is; here `count` other messages came in between.
     """
     clock = time.perf_counter
     composer = factory.composer

@@ -1,7 +1,7 @@
 """Benchmark `mailer send`: deliveries to smtp-sink on 127.0.0.1, end to end, against two others.
 
 In one run, on the same generated French list (`_measure.cached_csv`, no invalid rows) and a
-fresh Postfix smtp-sink per measured run (`_sink.start_sink`):
+fresh Postfix smtp-sink per measured run (`tests.smtpsink.start_sink`):
 
 (a) ceiling: a child process renders every subscriber's closure notice with mailer's own
     MessageFactory, keeps the bytes in memory, then blasts them with K aiosmtplib
@@ -65,8 +65,11 @@ from _measure import (
     parse_counts,
 )
 from _measure import run_processes as measure_processes
-from _sink import Counters, Sink, SinkError, SinkMissing, start_sink
 from import_bench import PostgresDatabase, fingerprint, revision, take_snapshot
+
+# The repository's root, for the test suite's smtp-sink helper (tests/smtpsink.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.smtpsink import Counters, Sink, SinkError, SinkMissing, start_sink
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "out"
@@ -394,8 +397,8 @@ def ceiling_child(request: dict[str, Any]) -> dict[str, Any]:
     import aiosmtplib
 
     from mailer.api import open_database
-    from mailer.messages import MessageFactory
-    from mailer.states import SubscriberStatus
+    from mailer.core.states import SubscriberStatus
+    from mailer.messages.factory import MessageFactory
     from mailer.store import subscribers as store
     from mailer.store.engine import read_transaction
 
@@ -441,15 +444,15 @@ def ceiling_child(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _campaign(database_url: str) -> tuple[Any, Any]:
-    from mailer.campaign import load_campaign
-    from mailer.config import Settings
+    from mailer.core.config import Settings
+    from mailer.messages.campaign import load_campaign
 
     settings = Settings(database_url=database_url, templates_dir=ROOT / "templates")
     return settings, load_campaign(settings, CAMPAIGN)
 
 
 def _recipient(row: Any) -> Any:
-    from mailer.render import Recipient
+    from mailer.core.people import Recipient
 
     return Recipient.from_row(row)
 
@@ -466,8 +469,8 @@ BOUNDARY = "=_send_bench_alternative"
 def mailmerge_template_child(request: dict[str, Any]) -> dict[str, Any]:
     """In a child: the closure notice's own subject and bodies, rendered by mailer for a
     subscriber without a name, as a mailmerge template (Jinja greeting, the rest verbatim)."""
-    from mailer.messages import MessageFactory
-    from mailer.render import Recipient
+    from mailer.core.people import Recipient
+    from mailer.messages.factory import MessageFactory
 
     _settings, campaign = _campaign(request["database_url"])
     factory = MessageFactory(campaign, CEILING_SECRET.encode(), "sendbench000")

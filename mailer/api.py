@@ -19,22 +19,25 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from mailer import bouncing, purging, sending
-from mailer.addresses import AddressError, clean_address
-from mailer.campaign import Campaign, load_campaign
-from mailer.clock import Clock, system_clock
-from mailer.config import Settings
-from mailer.csvsource import CsvSource
-from mailer.dispatch import ProgressFn
-from mailer.errors import InputError, NotFoundError
-from mailer.headers import map_columns, parse_map_options
-from mailer.importing import ImportReport, ImportRun, Progress, open_rejects
-from mailer.mailboxes import open_mailbox
-from mailer.messages import MessageFactory, Outgoing
-from mailer.preflight import PreflightReport, preflight
-from mailer.render import Recipient
-from mailer.sending import RunReport
-from mailer.states import DeliveryState, SubscriberStatus
+from mailer.bounces import run as bouncing
+from mailer.bounces.mailboxes import open_mailbox
+from mailer.core.addresses import AddressError, clean_address
+from mailer.core.clock import Clock, system_clock
+from mailer.core.config import Settings
+from mailer.core.errors import InputError, NotFoundError
+from mailer.core.people import Recipient
+from mailer.core.states import DeliveryState, SubscriberStatus
+from mailer.core.tokens import keyed_hash, token_subscriber_id, verify_token
+from mailer.imports.columns import map_columns, parse_map_options
+from mailer.imports.csvsource import CsvSource
+from mailer.imports.run import ImportReport, ImportRun, Progress, open_rejects
+from mailer.messages.campaign import Campaign, load_campaign
+from mailer.messages.factory import MessageFactory, Outgoing
+from mailer.messages.preflight import PreflightReport, preflight
+from mailer.privacy import purge as purging
+from mailer.sending import run as sending
+from mailer.sending.dispatch import ProgressFn
+from mailer.sending.run import RunReport
 from mailer.store import deliveries, meta, stats
 from mailer.store import subscribers as store
 from mailer.store.engine import (
@@ -45,7 +48,6 @@ from mailer.store.engine import (
     scrub,
     write_transaction,
 )
-from mailer.tokens import keyed_hash, token_subscriber_id, verify_token
 
 
 @contextmanager
@@ -315,7 +317,7 @@ def send(
     progress: ProgressFn | None = None,
     clock: Clock = system_clock,
 ) -> RunReport:
-    """Check, queue and send a campaign (see mailer.sending); nothing is ever sent twice."""
+    """Check, queue and send a campaign (see mailer.sending.run); nothing is ever sent twice."""
     if limit is not None and limit < 1:
         raise InputError("--limit must be at least 1")
     with open_database(settings) as engine:

@@ -30,15 +30,15 @@ from rich.progress import (
 )
 
 from mailer import __version__, api
-from mailer.bouncing import BounceSummary
-from mailer.config import Settings, load_settings
-from mailer.dispatch import ProgressFn, Tally
-from mailer.errors import InputError, MailerError
-from mailer.importing import Progress as ProgressCallback
-from mailer.preflight import PreflightReport
-from mailer.reports import write_report
-from mailer.sending import PreflightFailed, RunReport
-from mailer.states import DeliveryState, SubscriberStatus
+from mailer.bounces.run import BounceSummary
+from mailer.core.config import Settings, load_settings
+from mailer.core.errors import InputError, MailerError
+from mailer.core.states import DeliveryState, SubscriberStatus
+from mailer.imports.run import Progress as ProgressCallback
+from mailer.messages.preflight import PreflightReport
+from mailer.sending.dispatch import ProgressFn, Tally
+from mailer.sending.report import write_report
+from mailer.sending.run import PreflightFailed, RunReport
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)

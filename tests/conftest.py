@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from mailer.cli import main
-from mailer.config import Settings
+from mailer.core.config import Settings
 
 # The scripted SMTP server and the private dovecot IMAP server fixtures.
 pytest_plugins = ["tests.smtpserver", "tests.imapserver"]

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from mailer.errors import MailerError
-from mailer.transport import Reply, Stage, Submission
+from mailer.core.delivery import Reply, Stage, Submission
+from mailer.core.errors import MailerError
 
 ACCEPT = Reply(250, "2.0.0 Ok: queued as FAKE", Stage.DATA_END)
 Script = Callable[[Submission, int], Reply]  # (submission, how many times seen) -> reply

@@ -58,7 +58,7 @@ from urllib.parse import quote
 import pytest
 import trustme
 
-from mailer.config import Settings
+from mailer.core.config import Settings
 
 HOST = "127.0.0.1"
 SEARCH = ("/usr/sbin/dovecot", "/usr/local/sbin/dovecot")

@@ -10,14 +10,14 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from mailer import api
-from mailer.campaign import load_campaign
-from mailer.config import Settings
-from mailer.dispatch import Dispatcher, RunOptions, Tally
-from mailer.messages import MessageFactory
-from mailer.models import Attempt, Delivery, Subscriber
-from mailer.policy import Backoff
+from mailer.core.config import Settings
+from mailer.messages.campaign import load_campaign
+from mailer.messages.factory import MessageFactory
+from mailer.sending.dispatch import Dispatcher, RunOptions, Tally
+from mailer.sending.policy import Backoff
 from mailer.store import deliveries as store
 from mailer.store.engine import read_transaction, write_transaction
+from mailer.store.models import Attempt, Delivery, Subscriber
 from tests.fakes import FakeClock, MemoryTransport
 
 

@@ -15,7 +15,7 @@ conftest.py for every test):
 
     from tests.sink import fixture_smtp_sink, fixture_smtp_sink_factory  # noqa: F401
 
-The sink itself is benchmarks/_sink.py (no pytest there, so the benchmarks share it); see its
+The sink itself is tests/smtpsink.py (no pytest there, so the benchmarks import it too); see its
 docstring for what is counted. The replies each fault flag gives, as tests/test_sink.py
 checks them (smtp-sink 3.7):
 
@@ -47,7 +47,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks._sink import (
+from tests.smtpsink import (
     Counters,
     Received,
     Sink,
@@ -55,7 +55,7 @@ from benchmarks._sink import (
     SinkMissing,
     smtp_sink_path,
 )
-from benchmarks._sink import start_sink as _start_sink
+from tests.smtpsink import start_sink as _start_sink
 
 __all__ = [
     "Counters",

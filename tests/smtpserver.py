@@ -77,7 +77,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from mailer.config import Settings
+from mailer.core.config import Settings
 
 TLSMode = Literal["none", "starttls", "tls"]
 Script = Callable[[str, int], "str | None"]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailer.addresses import AddressError, clean_address, clean_name, split_full_name
+from mailer.core.addresses import AddressError, clean_address, clean_name, split_full_name
 
 # --- addresses ----------------------------------------------------------------------------
 
@@ -262,7 +262,7 @@ def _reference(text: str) -> tuple[str, str, bool] | str:
 
 
 def _fast(text: str) -> tuple[str, str, bool] | str:
-    from mailer.addresses import AddressError, validate
+    from mailer.core.addresses import AddressError, validate
 
     try:
         return validate(text)

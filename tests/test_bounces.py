@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select, update
 
-from mailer.models import Bounce, Delivery, Subscriber
+from mailer.store.models import Bounce, Delivery, Subscriber
 from tests.conftest import REPO_TEMPLATES
 from tests.imapserver import ImapAccount
 

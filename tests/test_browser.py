@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from mailer import web
-from mailer.config import Settings
+from mailer.core.config import Settings
 from tests.conftest import REPO_TEMPLATES
 from tests.test_web import deliveries, running, snapshot, statuses
 
@@ -125,8 +125,8 @@ def _defer(settings: Settings, campaign: str, email: str) -> None:
     from sqlalchemy import select, update
 
     from mailer import api
-    from mailer.models import Campaign, Delivery, Subscriber
     from mailer.store.engine import write_transaction
+    from mailer.store.models import Campaign, Delivery, Subscriber
 
     with api.open_database(settings) as engine, write_transaction(engine) as connection:
         connection.execute(

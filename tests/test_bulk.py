@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlalchemy import Table, insert
 
-from mailer.config import Settings
-from mailer.models import Subscriber
+from mailer.core.config import Settings
 from mailer.store.bulk import insert_rows, values_of
 from mailer.store.engine import ensure_schema, open_engine, write_transaction
+from mailer.store.models import Subscriber
 
 NOW = datetime(2026, 11, 26, 9, 30, 15, 123456, tzinfo=UTC)
 TABLE: Table = Subscriber.__table__  # type: ignore[assignment]

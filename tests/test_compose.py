@@ -18,12 +18,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
 
-from mailer import compose
-from mailer.campaign import Campaign, load_campaign
-from mailer.compose import Composer, encode_phrase, fold, quoted_printable
-from mailer.config import Settings
-from mailer.message import MAX_LINE, POLICY, Envelope, build_message
-from mailer.render import Links, Parts, Recipient
+from mailer.core.config import Settings
+from mailer.core.people import Recipient
+from mailer.messages import compose
+from mailer.messages.campaign import Campaign, load_campaign
+from mailer.messages.compose import Composer, encode_phrase, fold, quoted_printable
+from mailer.messages.reference import MAX_LINE, POLICY, Envelope, build_message
+from mailer.messages.render import Links, Parts
 from tests.conftest import REPO_TEMPLATES, write_campaign
 
 CLOSURE = load_campaign(Settings(templates_dir=REPO_TEMPLATES), "closure-notice")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mailer.config import Rate, Settings, load_settings, parse_rate
-from mailer.errors import ConfigError
+from mailer.core.config import Rate, Settings, load_settings, parse_rate
+from mailer.core.errors import ConfigError
 
 
 def test_defaults_match_the_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

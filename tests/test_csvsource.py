@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mailer.csvsource import CsvSource, Record, detect
-from mailer.errors import InputError
+from mailer.core.errors import InputError
+from mailer.imports.csvsource import CsvSource, Record, detect
 from tests.conftest import FIXTURES
 
 

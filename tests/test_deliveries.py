@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import func, select
 
 from mailer import api
-from mailer.config import Settings
-from mailer.models import Attempt, Delivery, Subscriber
-from mailer.states import DeliveryState as S
+from mailer.core.config import Settings
+from mailer.core.states import DeliveryState as S
 from mailer.store import deliveries as store
 from mailer.store.engine import open_engine, read_transaction, write_transaction
+from mailer.store.models import Attempt, Delivery, Subscriber
 from tests.fakes import FakeClock
 from tests.sendkit import attempts_log, emails, opened, queue, seed, states
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from mailer.config import Rate, Settings
-from mailer.errors import ConfigError, RelayTemporaryError
-from mailer.models import Delivery, Subscriber
+from mailer.core.config import Rate, Settings
+from mailer.core.delivery import Reply, Stage
+from mailer.core.errors import ConfigError, RelayTemporaryError
 from mailer.store.engine import read_transaction
-from mailer.transport import Reply, Stage
+from mailer.store.models import Delivery, Subscriber
 from tests.fakes import ACCEPT, FakeClock, MemoryTransport, by_local_part
 from tests.sendkit import attempts_log, emails, opened, queue, run, seed, states
 
@@ -150,9 +150,9 @@ def test_whole_run_trouble_releases_everything_and_marks_nobody(
 def test_stop_lets_in_flight_messages_finish_and_releases_the_rest(
     ready: Settings, tmp_path: Path, clock: FakeClock
 ) -> None:
-    from mailer.campaign import load_campaign
-    from mailer.dispatch import Dispatcher, RunOptions
-    from mailer.messages import MessageFactory
+    from mailer.messages.campaign import load_campaign
+    from mailer.messages.factory import MessageFactory
+    from mailer.sending.dispatch import Dispatcher, RunOptions
 
     seed(ready, tmp_path, emails(60))
     transport = MemoryTransport(delay=0.02)
@@ -263,12 +263,12 @@ def test_a_worker_process_that_dies_is_a_whole_run_error(
     with WorkerError (exit 75) once the parent is done; the parent's own share is sent."""
     import os
 
-    from mailer.campaign import load_campaign
-    from mailer.dispatch import Dispatcher, RunOptions
-    from mailer.errors import WorkerError
-    from mailer.messages import MessageFactory
-    from mailer.sending import run_dispatcher
-    from mailer.workers import run_workers
+    from mailer.core.errors import WorkerError
+    from mailer.messages.campaign import load_campaign
+    from mailer.messages.factory import MessageFactory
+    from mailer.sending.dispatch import Dispatcher, RunOptions
+    from mailer.sending.run import run_dispatcher
+    from mailer.sending.workers import run_workers
 
     seed(ready, tmp_path, emails(300))
     parent = os.getpid()

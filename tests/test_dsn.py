@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailer.dsn import MAX_DIAGNOSTIC, MAX_SUBJECT, Report, parse
+from mailer.bounces.dsn import MAX_DIAGNOSTIC, MAX_SUBJECT, Report, parse
 
 BOUNCES = Path(__file__).parent / "fixtures" / "bounces"
 ALL_FIXTURES = sorted(p.name for p in BOUNCES.iterdir() if p.suffix in (".eml", ".bin"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mailer.errors import InputError
-from mailer.headers import is_email_header, map_columns, normalise, parse_map_options
+from mailer.core.errors import InputError
+from mailer.imports.columns import is_email_header, map_columns, normalise, parse_map_options
 
 
 @pytest.mark.parametrize(

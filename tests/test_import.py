@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from mailer import importing
-from mailer.csvsource import Record
-from mailer.headers import map_columns
-from mailer.importer import Candidate, Notice, Outcome, Rejection, parse_record
-from mailer.states import SubscriberStatus
+from mailer.core.people import Candidate, Notice, Rejection
+from mailer.core.states import SubscriberStatus
+from mailer.imports import run as importing
+from mailer.imports.columns import map_columns
+from mailer.imports.csvsource import Record
+from mailer.imports.records import Outcome, parse_record
 from tests.conftest import FIXTURES, Result, write_csv
 
 Cli = Callable[..., Result]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
 
-from mailer.models import Subscriber
+from mailer.store.models import Subscriber
 
 
 def test_two_overlapping_imports_at_once(database_url: str, tmp_path: Path) -> None:

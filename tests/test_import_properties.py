@@ -20,12 +20,13 @@ from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from mailer import api
-from mailer.addresses import AddressError, clean_address, clean_name
-from mailer.config import Settings
-from mailer.csvsource import CsvSource
-from mailer.errors import InputError
-from mailer.headers import map_columns
-from mailer.importer import Candidate, Notice, Rejection, parse_record
+from mailer.core.addresses import AddressError, clean_address, clean_name
+from mailer.core.config import Settings
+from mailer.core.errors import InputError
+from mailer.core.people import Candidate, Notice, Rejection
+from mailer.imports.columns import map_columns
+from mailer.imports.csvsource import CsvSource
+from mailer.imports.records import parse_record
 
 PURE = examples(max_examples=150, deadline=None)
 WITH_DATABASE = examples(

@@ -18,21 +18,21 @@ from typing import Any
 import pytest
 import trustme
 
-from mailer.config import Settings
-from mailer.errors import (
-    ConfigError,
-    InputError,
-    MailboxUnavailableError,
-    MailerError,
-    NotFoundError,
-)
-from mailer.mailboxes import (
+from mailer.bounces.mailboxes import (
     ImapSource,
     MailItem,
     encode_folder_name,
     open_mailbox,
     parse_imap_url,
     uid_set,
+)
+from mailer.core.config import Settings
+from mailer.core.errors import (
+    ConfigError,
+    InputError,
+    MailboxUnavailableError,
+    MailerError,
+    NotFoundError,
 )
 from tests.imapserver import Dovecot, ImapAccount, free_port
 

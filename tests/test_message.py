@@ -22,12 +22,12 @@ from hypothesis import given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
 
-from mailer.addresses import clean_address
-from mailer.campaign import load_campaign
-from mailer.config import Settings
-from mailer.messages import MessageFactory
-from mailer.render import Recipient
-from mailer.tokens import verify_token
+from mailer.core.addresses import clean_address
+from mailer.core.config import Settings
+from mailer.core.people import Recipient
+from mailer.core.tokens import verify_token
+from mailer.messages.campaign import load_campaign
+from mailer.messages.factory import MessageFactory
 from tests.conftest import REPO_TEMPLATES, write_campaign
 
 SECRET = b"s" * 32
@@ -330,7 +330,7 @@ def test_the_composer_refuses_a_message_whose_headers_were_tampered_with() -> No
 
 
 def test_a_header_breaking_address_is_a_clear_error_not_a_header() -> None:
-    from mailer.messages import RecipientError
+    from mailer.messages.factory import RecipientError
 
     person = Recipient(id=1, email="x@y.fr\r\nBcc: v@z.fr", address="x@y.fr\r\nBcc: v@z.fr")
     with pytest.raises(RecipientError, match="cannot be put in a header"):

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailer.policy import Backoff, Outcome, decide, enhanced_status, is_throttling
-from mailer.transport import Reply, Stage
+from mailer.core.delivery import Reply, Stage
+from mailer.sending.policy import Backoff, Outcome, decide, enhanced_status, is_throttling
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 BACKOFF = Backoff(300, 14400, 345600)

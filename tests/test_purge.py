@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import create_engine, func, select, update
 
 from mailer import api
-from mailer.config import Settings
-from mailer.models import Attempt, Bounce, Campaign, Delivery, Purge, Subscriber, Suppression
+from mailer.core.config import Settings
+from mailer.store.models import Attempt, Bounce, Campaign, Delivery, Purge, Subscriber, Suppression
 from tests.conftest import REPO_TEMPLATES
 from tests.fakes import FakeClock
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from mailer.campaign import load_campaign
-from mailer.config import Settings
-from mailer.errors import ConfigError, InputError, NotFoundError
-from mailer.render import Links, Recipient, Renderer, TemplateError
+from mailer.core.config import Settings
+from mailer.core.errors import ConfigError, InputError, NotFoundError
+from mailer.core.people import Recipient
+from mailer.messages.campaign import load_campaign
+from mailer.messages.render import Links, Renderer, TemplateError
 from tests.conftest import write_campaign
 
 HELENE = Recipient(

@@ -12,15 +12,15 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
 from mailer import api
-from mailer.config import Settings
-from mailer.errors import SchemaError
-from mailer.models import Base
+from mailer.core.config import Settings
+from mailer.core.errors import SchemaError
 from mailer.store.engine import SCHEMA_HEAD, ensure_schema, open_engine
+from mailer.store.models import Base
 
 
 def test_schema_head_constant_is_the_newest_migration() -> None:
     config = Config()
-    config.set_main_option("script_location", "mailer:migrations")
+    config.set_main_option("script_location", "mailer.store:migrations")
     assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_HEAD
 
 
@@ -99,7 +99,7 @@ def test_a_database_of_the_first_release_is_upgraded_keeping_its_data(
     engine = open_engine(settings.database_url)
     with engine.begin() as connection:
         config = Config()
-        config.set_main_option("script_location", "mailer:migrations")
+        config.set_main_option("script_location", "mailer.store:migrations")
         config.attributes["connection"] = connection
         command.upgrade(config, "0001")
         connection.execute(text(

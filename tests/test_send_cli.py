@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select
 
-from mailer.models import Delivery
+from mailer.store.models import Delivery
 from tests.conftest import REPO_TEMPLATES
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "abonnes-excel.csv"

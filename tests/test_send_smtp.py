@@ -233,7 +233,7 @@ def _workers_in_attempts(cli: Any) -> set[str]:
 
     from sqlalchemy import create_engine, select
 
-    from mailer.models import Attempt
+    from mailer.store.models import Attempt
 
     engine = create_engine(os.environ["MAILER_DATABASE_URL"])
     with engine.connect() as connection:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailer.states import (
+from mailer.core.states import (
     DONE,
     TERMINAL,
     TRANSITIONS,
@@ -13,7 +13,7 @@ from mailer.states import (
     can_transition,
     origins_of,
 )
-from mailer.tokens import keyed_hash, make_token, token_subscriber_id, verify_token
+from mailer.core.tokens import keyed_hash, make_token, token_subscriber_id, verify_token
 
 
 def test_every_contract_state_is_in_the_table() -> None:

@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy import create_engine, insert, select
 
 from mailer import api
-from mailer.config import Settings
-from mailer.errors import InputError, NotFoundError
-from mailer.models import Attempt, Campaign, Delivery, Subscriber
-from mailer.states import DeliveryState
+from mailer.core.config import Settings
+from mailer.core.errors import InputError, NotFoundError
+from mailer.core.states import DeliveryState
+from mailer.core.tokens import make_token
 from mailer.store import meta
-from mailer.tokens import make_token
+from mailer.store.models import Attempt, Campaign, Delivery, Subscriber
 from tests.conftest import write_csv
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)

@@ -33,12 +33,12 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 
 from mailer import api, web
-from mailer.config import Settings
-from mailer.errors import ConfigError
-from mailer.models import Campaign, Delivery, Subscriber
+from mailer.core.config import Settings
+from mailer.core.errors import ConfigError
+from mailer.core.tokens import make_token
 from mailer.store import meta
 from mailer.store.engine import read_transaction, write_transaction
-from mailer.tokens import make_token
+from mailer.store.models import Campaign, Delivery, Subscriber
 from mailer.web import pages, service
 from mailer.web.middleware import masked_path
 from tests.conftest import write_campaign
@@ -673,7 +673,7 @@ def test_serve_answers_logs_no_token_and_stops_on_ctrl_c(
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
     env.update(MAILER_DATABASE_URL=settings.database_url, MAILER_UNSUBSCRIBE_URL=url,
                MAILER_TEMPLATES_DIR=str(settings.templates_dir))
-    code = ("from mailer import config, web; "
+    code = ("from mailer import web; from mailer.core import config; "
             "web.serve(config.load_settings(), '127.0.0.1', 0)")
     process = subprocess.Popen(
         [sys.executable, "-c", code], env=env, cwd=tmp_path, text=True,

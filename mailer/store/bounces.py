@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, update
 
-from mailer.models import Bounce, Delivery, Subscriber
-from mailer.states import DeliveryState, SubscriberStatus, origins_of
+from mailer.core.states import DeliveryState, SubscriberStatus, origins_of
 from mailer.store.engine import dialect_insert
+from mailer.store.models import Bounce, Delivery, Subscriber
 from mailer.store.subscribers import set_status
 
 S = DeliveryState

@@ -40,10 +40,10 @@ from sqlalchemy import (
     update,
 )
 
-from mailer.models import Attempt, Campaign, Delivery, Subscriber, UTCDateTime
-from mailer.render import Recipient
-from mailer.states import DeliveryState, SubscriberStatus
+from mailer.core.people import Recipient
+from mailer.core.states import DeliveryState, SubscriberStatus
 from mailer.store.engine import LOCK_TIMEOUT_MS, dialect_insert
+from mailer.store.models import Attempt, Campaign, Delivery, Subscriber, UTCDateTime
 
 S = DeliveryState
 ACTIVE = SubscriberStatus.ACTIVE.value

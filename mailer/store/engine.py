@@ -20,9 +20,9 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-from mailer.errors import ConfigError, DatabaseError, SchemaError
+from mailer.core.errors import ConfigError, DatabaseError, SchemaError
 
-SCHEMA_HEAD = "0002"  # the newest migration in mailer/migrations/versions (a test checks)
+SCHEMA_HEAD = "0002"  # the newest migration in mailer/store/migrations/versions (a test checks)
 BUSY_TIMEOUT_MS = 30_000
 _MIGRATION_LOCK = 0x6D61696C6572  # "mailer": PostgreSQL advisory lock for migrations
 
@@ -167,7 +167,7 @@ def _alembic_config(connection: Connection) -> Any:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", "mailer:migrations")
+    config.set_main_option("script_location", "mailer.store:migrations")
     config.attributes["connection"] = connection
     return config
 

@@ -6,8 +6,8 @@ import secrets
 
 from sqlalchemy import Connection, select
 
-from mailer.models import Meta
 from mailer.store.engine import dialect_insert
+from mailer.store.models import Meta
 
 # Names of the secrets (not secrets): unsubscribe tokens, unless MAILER_SECRET is set;
 # and the key of the hashes of erased addresses, never rotated.

@@ -13,10 +13,10 @@ from datetime import datetime
 
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
-from mailer.models import Attempt, Bounce, Campaign, Delivery, Purge, Subscriber
-from mailer.states import DeliveryState, SubscriberStatus
+from mailer.core.states import DeliveryState, SubscriberStatus
+from mailer.core.tokens import keyed_hash
+from mailer.store.models import Attempt, Bounce, Campaign, Delivery, Purge, Subscriber
 from mailer.store.subscribers import suppress
-from mailer.tokens import keyed_hash
 
 S = DeliveryState
 UNFINISHED = (S.PENDING, S.SENDING, S.DEFERRED, S.UNCERTAIN)

@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from mailer.models import Campaign, Delivery
-from mailer.states import DeliveryState
+from mailer.core.states import DeliveryState
+from mailer.store.models import Campaign, Delivery
 
 
 def _iso(moment: datetime | None) -> str | None:

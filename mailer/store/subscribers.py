@@ -29,12 +29,12 @@ from sqlalchemy import (
     update,
 )
 
-from mailer.importer import Candidate, Notice, Rejection
-from mailer.models import Attempt, Bounce, Delivery, ImportRun, Subscriber, Suppression
-from mailer.states import DeliveryState, SubscriberStatus
+from mailer.core.people import Candidate, Notice, Rejection
+from mailer.core.states import DeliveryState, SubscriberStatus
+from mailer.core.tokens import keyed_hash
 from mailer.store.bulk import insert_rows, values_of
 from mailer.store.engine import dialect_insert
-from mailer.tokens import keyed_hash
+from mailer.store.models import Attempt, Bounce, Delivery, ImportRun, Subscriber, Suppression
 
 ACTIVE = SubscriberStatus.ACTIVE
 _SUBSCRIBERS: Table = Subscriber.__table__  # type: ignore[assignment]

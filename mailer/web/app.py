@@ -22,10 +22,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from mailer.clock import Clock, system_clock
-from mailer.config import Settings
-from mailer.errors import DatabaseError, MailerError
-from mailer.states import SubscriberStatus
+from mailer.core.clock import Clock, system_clock
+from mailer.core.config import Settings
+from mailer.core.errors import DatabaseError, MailerError
+from mailer.core.states import SubscriberStatus
 from mailer.web import pages
 from mailer.web.middleware import HeadersAndAccessLog
 from mailer.web.routes import UnsubscribeRoute, unsubscribe_routes

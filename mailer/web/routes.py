@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from mailer.campaign import (
+from mailer.core.config import Settings, read_toml
+from mailer.core.errors import ConfigError
+from mailer.messages.campaign import (
     METADATA,
     TOKEN_FIELD,
     campaign_names,
     check_unsubscribe_url,
     parse_mailbox,
 )
-from mailer.config import Settings, read_toml
-from mailer.errors import ConfigError
 
 log = logging.getLogger("mailer.web")
 

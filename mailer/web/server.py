@@ -19,9 +19,9 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.config import LOGGING_CONFIG
 
-from mailer.clock import Clock, system_clock
-from mailer.config import Settings
-from mailer.errors import ConfigError, MailerError
+from mailer.core.clock import Clock, system_clock
+from mailer.core.config import Settings
+from mailer.core.errors import ConfigError, MailerError
 from mailer.web.app import create_app
 from mailer.web.routes import UnsubscribeRoute
 

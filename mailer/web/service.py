@@ -14,10 +14,11 @@ from enum import Enum
 
 from sqlalchemy import Engine
 
-from mailer.clock import Clock
-from mailer.config import Settings
-from mailer.errors import DatabaseError, MailerError
-from mailer.states import SubscriberStatus
+from mailer.core.clock import Clock
+from mailer.core.config import Settings
+from mailer.core.errors import DatabaseError, MailerError
+from mailer.core.states import SubscriberStatus
+from mailer.core.tokens import token_subscriber_id, verify_token
 from mailer.store import meta
 from mailer.store import subscribers as store
 from mailer.store.engine import (
@@ -28,7 +29,6 @@ from mailer.store.engine import (
     read_transaction,
     write_transaction,
 )
-from mailer.tokens import token_subscriber_id, verify_token
 
 log = logging.getLogger("mailer.web")
 

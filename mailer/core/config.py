@@ -1,0 +1,281 @@
+"""Settings: built-in defaults < mailer.toml < MAILER_* environment < command-line options.
+
+Environment reading happens here and nowhere else. Secrets (the SMTP and IMAP passwords, the
+token secret) come only from the environment or a file named there: never from mailer.toml,
+never from a command-line option, and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from mailer.core.errors import ConfigError
+
+Security = Literal["starttls", "tls", "none"]
+SECURITIES: tuple[Security, ...] = ("starttls", "tls", "none")
+# What `retry` does with a delivery whose outcome is unknown (the relay may have it).
+Uncertain = Literal["resend", "hold"]
+UNCERTAIN_CHOICES: tuple[Uncertain, ...] = ("resend", "hold")
+
+DEFAULT_DATABASE_URL = "sqlite:///subscribers.db"
+DEFAULT_CONFIG_FILE = "mailer.toml"
+# Keys refused in mailer.toml: a file is copied, committed and shared; a secret is not.
+SECRET_KEYS = frozenset({
+    "smtp_password", "password", "secret", "smtp_password_file",
+    "imap_password", "imap_password_file",
+})
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A sending rate: `count` messages per `seconds`."""
+
+    count: float
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.seconds
+
+    def __str__(self) -> str:
+        unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.seconds, f"{self.seconds:g}s")
+        return f"{self.count:g}/{unit}"
+
+
+_RATE_UNITS = {
+    "": 1.0,
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([a-z]*)\s*)?$", re.IGNORECASE)
+
+
+def parse_rate(text: str) -> Rate:
+    """Parse `20`, `20/s`, `300/min` or `5000/h` into a Rate; raise ConfigError otherwise."""
+    match = _RATE_RE.match(text)
+    unit = (match.group(2) or "").lower() if match else None
+    if match is None or unit not in _RATE_UNITS:
+        raise ConfigError(
+            f"invalid rate {text!r}", hint="write N (per second), N/min or N/h, e.g. 300/min"
+        )
+    count = float(match.group(1))
+    if count <= 0:
+        raise ConfigError(f"invalid rate {text!r}: it must be more than zero")
+    return Rate(count, _RATE_UNITS[unit])
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting mailer reads, already validated."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    templates_dir: Path = Path("templates")
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    smtp_security: Security = "starttls"
+    smtp_username: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_ca_file: Path | None = None
+    smtp_timeout: float = 60.0  # connecting, and each SMTP command's reply
+    smtp_data_timeout: float = 600.0  # the reply after the final "." of DATA
+    smtp_max_messages: int = 100  # messages per connection before reconnecting
+    imap_password: str | None = field(default=None, repr=False)  # `bounces import imaps://…`
+    imap_ca_file: Path | None = None
+    sender: str | None = None
+    bounce_address: str | None = None  # VERP: the envelope sender becomes LOCAL+TOKEN@domain
+    secret: str | None = field(default=None, repr=False)
+    unsubscribe_url: str | None = None
+    unsubscribe_mailto: str | None = None
+    retry_base_delay: float = 300.0
+    retry_max_delay: float = 14400.0
+    retry_max_age: float = 345600.0
+    lease_seconds: float = 600.0
+    concurrency: int = 4
+    workers: int = 1  # sending processes on this machine (each uses a core)
+    rate: Rate | None = None
+    uncertain: Uncertain = "resend"
+    config_file: Path | None = None
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """Apply command-line options (None means: not given)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        converted = {k: _convert(k, v, source="option") for k, v in given.items()}
+        return replace(self, **converted)
+
+
+# name in mailer.toml and MAILER_<NAME> -> Settings attribute
+_KEYS: dict[str, str] = {
+    "database_url": "database_url",
+    "templates_dir": "templates_dir",
+    "smtp_host": "smtp_host",
+    "smtp_port": "smtp_port",
+    "smtp_security": "smtp_security",
+    "smtp_username": "smtp_username",
+    "smtp_ca_file": "smtp_ca_file",
+    "smtp_timeout": "smtp_timeout",
+    "smtp_data_timeout": "smtp_data_timeout",
+    "smtp_max_messages": "smtp_max_messages",
+    "imap_ca_file": "imap_ca_file",
+    "from": "sender",
+    "bounce_address": "bounce_address",
+    "unsubscribe_url": "unsubscribe_url",
+    "unsubscribe_mailto": "unsubscribe_mailto",
+    "retry_base_delay": "retry_base_delay",
+    "retry_max_delay": "retry_max_delay",
+    "retry_max_age": "retry_max_age",
+    "lease_seconds": "lease_seconds",
+    "concurrency": "concurrency",
+    "workers": "workers",
+    "rate": "rate",
+    "uncertain": "uncertain",
+}
+
+
+_INT_RANGES = {
+    "smtp_port": (1, 65535),
+    "concurrency": (1, 1000),
+    "workers": (1, 64),
+    "smtp_max_messages": (1, 10**6),
+}
+_SECONDS = frozenset({
+    "retry_base_delay", "retry_max_delay", "retry_max_age", "lease_seconds",
+    "smtp_timeout", "smtp_data_timeout",
+})
+
+
+def _convert(attr: str, value: Any, *, source: str) -> Any:
+    """Turn a raw value (TOML, environment text, option) into the attribute's type."""
+    try:
+        if attr in {"templates_dir", "smtp_ca_file", "imap_ca_file"}:
+            return Path(str(value)).expanduser()
+        if attr in _INT_RANGES:
+            number = int(value)
+            low, high = _INT_RANGES[attr]
+            if not low <= number <= high:
+                raise ValueError(f"must be between {low} and {high}")
+            return number
+        if attr in _SECONDS:
+            seconds = float(value)
+            if seconds <= 0:
+                raise ValueError("must be more than zero seconds")
+            return seconds
+        if attr == "smtp_security":
+            text = str(value).strip().lower()
+            if text not in SECURITIES:
+                raise ValueError(f"must be one of {', '.join(SECURITIES)}")
+            return text
+        if attr == "uncertain":
+            text = str(value).strip().lower()
+            if text not in UNCERTAIN_CHOICES:
+                raise ValueError(f"must be one of {', '.join(UNCERTAIN_CHOICES)}")
+            return text
+        if attr == "rate":
+            return value if isinstance(value, Rate) else parse_rate(str(value))
+        if isinstance(value, str):
+            return value.strip() or None
+        return str(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc.message}", hint=exc.hint) from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: invalid value for {attr}: {exc}") from exc
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file (mailer.toml, a campaign.toml); ConfigError naming it if unreadable."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    data = read_toml(path)
+    # Allow both flat keys and an [smtp] table (host, port, ...), an [imap] table (ca_file).
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key in {"smtp", "retry", "imap"}:
+            for sub, subvalue in value.items():
+                flat[f"{key}_{sub}"] = subvalue
+        else:
+            flat[key] = value
+    return flat
+
+
+def _read_secret_file(variable: str, path_text: str) -> str:
+    path = Path(path_text).expanduser()
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror}") from exc
+
+
+def load_settings(
+    config_path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Defaults < mailer.toml (given path, MAILER_CONFIG, or ./mailer.toml) < environment."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+
+    explicit = config_path or (Path(env["MAILER_CONFIG"]) if env.get("MAILER_CONFIG") else None)
+    path = explicit or Path(DEFAULT_CONFIG_FILE)
+    if explicit is not None and not explicit.is_file():
+        raise ConfigError(f"configuration file {explicit} not found")
+    if path.is_file():
+        for key, raw in _read_toml(path).items():
+            if key in SECRET_KEYS:
+                where = (
+                    "MAILER_IMAP_PASSWORD (or MAILER_IMAP_PASSWORD_FILE)"
+                    if key.startswith("imap_")
+                    else "MAILER_SMTP_PASSWORD (or MAILER_SMTP_PASSWORD_FILE) / MAILER_SECRET"
+                )
+                raise ConfigError(
+                    f"{path}: {key} is a secret and is not read from mailer.toml",
+                    hint=f"remove it from the file and set {where} in the environment",
+                )
+            if key not in _KEYS:
+                raise ConfigError(
+                    f"{path}: unknown setting {key!r}",
+                    hint=f"known settings: {', '.join(sorted(_KEYS))}",
+                )
+            values[_KEYS[key]] = _convert(_KEYS[key], raw, source=str(path))
+        values["config_file"] = path
+
+    for key, attr in _KEYS.items():
+        variable = f"MAILER_{key.upper()}"
+        if env.get(variable, "").strip():
+            values[attr] = _convert(attr, env[variable], source=variable)
+
+    if env.get("MAILER_SMTP_PASSWORD"):
+        values["smtp_password"] = env["MAILER_SMTP_PASSWORD"]
+    elif env.get("MAILER_SMTP_PASSWORD_FILE"):
+        values["smtp_password"] = _read_secret_file(
+            "MAILER_SMTP_PASSWORD_FILE", env["MAILER_SMTP_PASSWORD_FILE"]
+        )
+    if env.get("MAILER_IMAP_PASSWORD"):
+        values["imap_password"] = env["MAILER_IMAP_PASSWORD"]
+    elif env.get("MAILER_IMAP_PASSWORD_FILE"):
+        values["imap_password"] = _read_secret_file(
+            "MAILER_IMAP_PASSWORD_FILE", env["MAILER_IMAP_PASSWORD_FILE"]
+        )
+    if env.get("MAILER_SECRET"):
+        values["secret"] = env["MAILER_SECRET"]
+
+    settings = Settings(**values)
+    if settings.retry_max_delay < settings.retry_base_delay:
+        raise ConfigError("retry_max_delay must not be smaller than retry_base_delay")
+    return settings

@@ -21,10 +21,10 @@ from sqlalchemy import Engine, text
 
 from mailer.bounces import run as bouncing
 from mailer.bounces.mailboxes import open_mailbox
-from mailer.core.addresses import AddressError, clean_address
+from mailer.core.addresses import clean_address
 from mailer.core.clock import Clock, system_clock
 from mailer.core.config import Settings
-from mailer.core.errors import InputError, NotFoundError
+from mailer.core.errors import AddressError, InputError, NotFoundError
 from mailer.core.people import Recipient
 from mailer.core.states import DeliveryState, SubscriberStatus
 from mailer.core.tokens import keyed_hash, token_subscriber_id, verify_token
@@ -41,7 +41,6 @@ from mailer.sending.run import RunReport
 from mailer.store import deliveries, meta, stats
 from mailer.store import subscribers as store
 from mailer.store.engine import (
-    database_errors,
     ensure_schema,
     open_engine,
     read_transaction,
@@ -55,9 +54,8 @@ def open_database(settings: Settings) -> Iterator[Engine]:
     """The engine for the configured database, schema ready; errors translated."""
     engine = open_engine(settings.database_url)
     try:
-        with database_errors(engine):
-            ensure_schema(engine)
-            yield engine
+        ensure_schema(engine)
+        yield engine
     finally:
         engine.dispose()
 

@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailer.core.addresses import AddressError, clean_address, clean_name, split_full_name
+from mailer.core.addresses import clean_address, clean_name, split_full_name
 
 # --- addresses ----------------------------------------------------------------------------
+from mailer.core.errors import AddressError
 
 
 @pytest.mark.parametrize(
@@ -262,7 +263,8 @@ def _reference(text: str) -> tuple[str, str, bool] | str:
 
 
 def _fast(text: str) -> tuple[str, str, bool] | str:
-    from mailer.core.addresses import AddressError, validate
+    from mailer.core.addresses import validate
+    from mailer.core.errors import AddressError
 
     try:
         return validate(text)

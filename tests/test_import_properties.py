@@ -20,7 +20,8 @@ from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from mailer import api
-from mailer.core.addresses import AddressError, clean_address, clean_name
+from mailer.core.addresses import clean_address, clean_name
+from mailer.core.errors import AddressError
 from mailer.core.config import Settings
 from mailer.core.errors import InputError
 from mailer.core.people import Candidate, Notice, Rejection

@@ -330,7 +330,7 @@ def test_the_composer_refuses_a_message_whose_headers_were_tampered_with() -> No
 
 
 def test_a_header_breaking_address_is_a_clear_error_not_a_header() -> None:
-    from mailer.messages.factory import RecipientError
+    from mailer.core.errors import RecipientError
 
     person = Recipient(id=1, email="x@y.fr\r\nBcc: v@z.fr", address="x@y.fr\r\nBcc: v@z.fr")
     with pytest.raises(RecipientError, match="cannot be put in a header"):

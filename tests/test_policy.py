@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailer.core.delivery import Reply, Stage
-from mailer.sending.policy import Backoff, Outcome, decide, enhanced_status, is_throttling
+from mailer.core.statuscodes import enhanced_status
+from mailer.sending.policy import Backoff, Outcome, decide, is_throttling
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 BACKOFF = Backoff(300, 14400, 345600)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from mailer.core.config import Settings
-from mailer.core.errors import ConfigError, InputError, NotFoundError
+from mailer.core.errors import ConfigError, InputError, NotFoundError, TemplateError
 from mailer.core.people import Recipient
 from mailer.messages.campaign import load_campaign
-from mailer.messages.render import Links, Renderer, TemplateError
+from mailer.messages.render import Links, Renderer
 from tests.conftest import write_campaign
 
 HELENE = Recipient(

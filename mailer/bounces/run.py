@@ -20,10 +20,11 @@ from sqlalchemy import Connection, Engine
 
 from mailer.bounces.dsn import RecipientReport, Report, parse
 from mailer.bounces.mailboxes import MailItem
-from mailer.core.addresses import AddressError, clean_address
+from mailer.core.addresses import clean_address
 from mailer.core.clock import Clock, system_clock
+from mailer.core.errors import AddressError
+from mailer.core.statuscodes import bounce_marks_subscriber
 from mailer.core.tokens import token_subscriber_id, verify_token
-from mailer.sending.policy import bounce_marks_subscriber
 from mailer.store import bounces as store
 from mailer.store.engine import write_transaction
 from mailer.store.meta import token_secret

@@ -15,6 +15,8 @@ from email_validator import EmailNotValidError, validate_email
 from email_validator import syntax as _syntax
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES, EMAIL_MAX_LENGTH
 
+from mailer.core.errors import AddressError
+
 # Invisible characters that trimming must also remove (str.strip() already handles
 # no-break spaces, which are Unicode white space).
 _INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
@@ -34,10 +36,6 @@ NAME_MAX = 200  # the subscribers.first_name / last_name columns
 # A plain `local@domain`: one @-sign, no quotes, brackets, angle brackets or white space.
 # Only such an address takes the fast path below; anything else goes to validate_email.
 _PLAIN = re.compile(r"[^@\s\"\[\]<>()\\]+@[^@\s\"\[\]<>()\\]+")
-
-
-class AddressError(ValueError):
-    """The reason an address was refused, worded for the rejects report."""
 
 
 @dataclass(frozen=True)

@@ -210,7 +210,8 @@ def map_columns(
 
 def _headerless(first_row: list[str]) -> ColumnMap | None:
     """A file without a header row, whose first line already holds an address."""
-    from mailer.core.addresses import AddressError, clean_address
+    from mailer.core.addresses import clean_address
+    from mailer.core.errors import AddressError
 
     for index, cell in enumerate(first_row):
         if "@" not in cell:

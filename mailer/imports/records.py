@@ -12,7 +12,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from mailer.core.addresses import AddressError, clean_address, clean_name, split_full_name
+from mailer.core.addresses import clean_address, clean_name, split_full_name
+from mailer.core.errors import AddressError
 from mailer.core.people import Candidate, Notice, Rejection
 from mailer.core.states import SubscriberStatus
 from mailer.imports.columns import ColumnMap, normalise

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mailer.core.addresses import AddressError, clean_address
+from mailer.core.addresses import clean_address
 from mailer.core.config import Settings, read_toml
-from mailer.core.errors import ConfigError, InputError, NotFoundError
+from mailer.core.errors import AddressError, ConfigError, InputError, NotFoundError
 
 METADATA = "campaign.toml"
 SUBJECT, TEXT, HTML = "subject.txt", "body.txt", "body.html"

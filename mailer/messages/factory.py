@@ -13,17 +13,13 @@ from datetime import datetime
 from email.errors import HeaderParseError
 from email.message import EmailMessage
 
-from mailer.core.errors import InputError
+from mailer.core.errors import RecipientError
 from mailer.core.people import Recipient
 from mailer.core.tokens import make_token
 from mailer.messages.campaign import Campaign
 from mailer.messages.compose import Composer
 from mailer.messages.reference import Envelope, build_message, message_id
 from mailer.messages.render import Links, Parts, Renderer
-
-
-class RecipientError(InputError):
-    """A subscriber whose data cannot make a valid message (an address that breaks a header)."""
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,9 @@ import jinja2
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from mailer.core.errors import InputError
+from mailer.core.errors import TemplateError
 from mailer.core.people import Recipient, header_text
 from mailer.messages.campaign import HTML, SUBJECT, TEXT, TOKEN_FIELD, Campaign
-
-
-class TemplateError(InputError):
-    """A template that does not compile or does not render: file, line and reason."""
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from mailer.core.tokens import verp_address
 from mailer.messages.factory import MessageFactory
 from mailer.sending.policy import Backoff, Decision, Outcome, decide
 from mailer.store import deliveries as store
-from mailer.store.engine import database_errors, write_transaction
+from mailer.store.engine import write_transaction
 
 T = TypeVar("T")
 FLUSH_SECONDS = 0.1  # outcomes are committed at most this long after the relay's reply
@@ -179,7 +179,7 @@ class Dispatcher:
 
     async def _in_db(self, work: Callable[[Any], T]) -> T:
         def run() -> T:
-            with database_errors(self.engine), write_transaction(self.engine) as connection:
+            with write_transaction(self.engine) as connection:
                 return work(connection)
 
         return await asyncio.get_running_loop().run_in_executor(self._db, run)

@@ -25,11 +25,11 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from mailer.core.addresses import AddressError, clean_address
+from mailer.core.addresses import clean_address
 from mailer.core.clock import Clock, system_clock
 from mailer.core.config import Rate, Settings
 from mailer.core.delivery import Transport
-from mailer.core.errors import ConfigError, InputError, MailerError, NotFoundError
+from mailer.core.errors import AddressError, ConfigError, InputError, MailerError, NotFoundError
 from mailer.core.people import Recipient
 from mailer.core.states import DeliveryState
 from mailer.messages.campaign import Campaign, load_campaign

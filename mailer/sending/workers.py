@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from mailer.core.errors import MailerError, WorkerError
+from mailer.core.errors import MailerError, WorkerError, WorkerReportedError
 from mailer.messages.preflight import PreflightReport
 from mailer.sending.dispatch import Dispatcher, ProgressFn, Tally
 from mailer.store.engine import open_engine
@@ -49,14 +49,6 @@ def shares(total: int, parts: int) -> list[int]:
 def _tally(data: dict[str, Any]) -> Tally:
     names = {f.name for f in fields(Tally)}
     return Tally(**{k: v for k, v in data.items() if k in names})
-
-
-class _Error(MailerError):
-    """A child's MailerError, carried back with its exit code."""
-
-    def __init__(self, exit_code: int, message: str, hint: str | None) -> None:
-        super().__init__(message, hint=hint)
-        self.exit_code = exit_code
 
 
 def _child(index: int, url: str, work: Work, channel: Any) -> None:
@@ -144,7 +136,7 @@ def run_workers(
     def drain(timeout: float | None = None) -> None:
         for kind, index, data in children.messages(timeout):
             if kind == "error":
-                errors.append(_Error(*data))
+                errors.append(WorkerReportedError(*data))
                 finished.setdefault(index, Tally())
             else:
                 latest[index] = _tally(data)
@@ -227,7 +219,7 @@ def check_in_workers(
         while len(results) < len(children.processes):
             for kind, index, data in children.messages(timeout=0.5):
                 if kind == "error":
-                    raise _Error(*data)
+                    raise WorkerReportedError(*data)
                 results[index] = data
             if len(results) < len(children.processes) and children.died():
                 raise WorkerError("a pre-flight worker process died")

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy.exc
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from mailer.core.errors import ConfigError, DatabaseError, SchemaError
@@ -119,6 +119,7 @@ def open_engine(url: str) -> Engine:
             f"no driver for the database {describe(url)}",
             hint="for PostgreSQL: pip install 'mailer[postgres]' and use postgresql+psycopg://",
         ) from exc
+    event.listen(engine, "handle_error", _translate_database_error)
     if backend == "sqlite":
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
@@ -127,25 +128,29 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
-@contextmanager
-def database_errors(engine: Engine) -> Iterator[None]:
-    """Translate SQLAlchemy's connection-level failures into mailer's errors."""
-    try:
-        yield
-    except sqlalchemy.exc.DatabaseError as exc:
-        where = engine.url.render_as_string(hide_password=True)
-        detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        if engine.dialect.name == "sqlite" and "not a database" in detail:
-            raise SchemaError(f"{where} is not a SQLite database ({detail})") from exc
-        if not isinstance(exc, OperationalError):
-            raise  # integrity or programming errors are bugs: let them crash loudly
-        locked = getattr(exc.orig, "sqlstate", None) == "55P03"  # PostgreSQL lock_timeout
-        if (engine.dialect.name == "sqlite" and "locked" in detail) or locked:
-            raise DatabaseError(
-                f"the database {where} stayed locked for {BUSY_TIMEOUT_MS // 1000} s",
-                hint="another mailer is writing to it; run again when it is done",
-            ) from exc
-        raise DatabaseError(f"database {where}: {detail}") from exc
+def _translate_database_error(context: ExceptionContext) -> None:
+    """The one place SQLAlchemy's failures become mailer's errors (an engine `handle_error`
+    hook, so no call site wraps its statements by hand): an unreachable, locked or broken
+    database is temporary (exit 75), a file that is not a database is a schema problem (78).
+    Integrity and programming errors are bugs: they go through untouched and crash loudly."""
+    exc = context.sqlalchemy_exception
+    if not isinstance(exc, sqlalchemy.exc.DatabaseError):
+        return
+    engine = context.engine
+    where = engine.url.render_as_string(hide_password=True) if engine is not None else "?"
+    dialect = engine.dialect.name if engine is not None else ""
+    detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    if dialect == "sqlite" and "not a database" in detail:
+        raise SchemaError(f"{where} is not a SQLite database ({detail})") from exc
+    if not isinstance(exc, OperationalError):
+        return
+    locked = getattr(exc.orig, "sqlstate", None) == "55P03"  # PostgreSQL lock_timeout
+    if (dialect == "sqlite" and "locked" in detail) or locked:
+        raise DatabaseError(
+            f"the database {where} stayed locked for {BUSY_TIMEOUT_MS // 1000} s",
+            hint="another mailer is writing to it; run again when it is done",
+        ) from exc
+    raise DatabaseError(f"database {where}: {detail}") from exc
 
 
 @contextmanager
@@ -180,19 +185,18 @@ def _current_revision(connection: Connection) -> str | None:
 
 def ensure_schema(engine: Engine) -> None:
     """Create or upgrade the schema to SCHEMA_HEAD; refuse a database from a newer mailer."""
-    with database_errors(engine):
-        with read_transaction(engine) as connection:
-            if _current_revision(connection) == SCHEMA_HEAD:
-                return
-        with write_transaction(engine) as connection:
-            if engine.dialect.name == "postgresql":
-                connection.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
-                )
-            current = _current_revision(connection)
-            if current == SCHEMA_HEAD:
-                return
-            _upgrade(connection, current)
+    with read_transaction(engine) as connection:
+        if _current_revision(connection) == SCHEMA_HEAD:
+            return
+    with write_transaction(engine) as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
+            )
+        current = _current_revision(connection)
+        if current == SCHEMA_HEAD:
+            return
+        _upgrade(connection, current)
 
 
 def _upgrade(connection: Connection, current: str | None) -> None:
@@ -231,7 +235,7 @@ def scrub(engine: Engine, *, rewrite: bool) -> None:
     On PostgreSQL, `rewrite` runs VACUUM FULL on the tables that hold personal data, which
     writes them anew; the server's own WAL and backups are its administrator's to manage.
     """
-    with database_errors(engine), engine.connect() as connection:
+    with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
             # Straight on the driver's connection: SQLAlchemy would wrap it in a BEGIN, and
             # VACUUM cannot run in a transaction.

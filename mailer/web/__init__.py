@@ -20,7 +20,7 @@ This package re-exports what `mailer serve`, the tests and an embedding program 
 
 from __future__ import annotations
 
-from mailer.web.app import create_app
+from mailer.web.application import create_app
 from mailer.web.routes import UnsubscribeRoute, unsubscribe_routes
 from mailer.web.server import Server, listen, prepare, serve
 

@@ -22,7 +22,7 @@ from uvicorn.config import LOGGING_CONFIG
 from mailer.core.clock import Clock, system_clock
 from mailer.core.config import Settings
 from mailer.core.errors import ConfigError, MailerError
-from mailer.web.app import create_app
+from mailer.web.application import create_app
 from mailer.web.routes import UnsubscribeRoute
 
 

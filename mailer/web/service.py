@@ -22,7 +22,6 @@ from mailer.core.tokens import token_subscriber_id, verify_token
 from mailer.store import meta
 from mailer.store import subscribers as store
 from mailer.store.engine import (
-    database_errors,
     describe,
     ensure_schema,
     open_engine,
@@ -63,12 +62,11 @@ class Database:
                 if self._failure is not None and recent:
                     raise DatabaseError(self._failure.message, hint=self._failure.hint)
                 try:
-                    with database_errors(self._engine):
-                        ensure_schema(self._engine)
-                        # Generated on first use (a send would have made it already); the
-                        # key never changes while the server runs.
-                        with write_transaction(self._engine) as connection:
-                            self._secret = meta.token_secret(connection, self._settings.secret)
+                    ensure_schema(self._engine)
+                    # Generated on first use (a send would have made it already); the key
+                    # never changes while the server runs.
+                    with write_transaction(self._engine) as connection:
+                        self._secret = meta.token_secret(connection, self._settings.secret)
                 except DatabaseError as exc:
                     self._failed_at, self._failure = time.monotonic(), exc
                     raise
@@ -113,7 +111,7 @@ class Service:
         if subscriber_id is None:
             return None
         engine, secret = self.database.open()
-        with database_errors(engine), read_transaction(engine) as connection:
+        with read_transaction(engine) as connection:
             row = store.get(connection, subscriber_id)
         if row is None or not verify_token(secret, token, row.id, row.email_key):
             return None
@@ -127,7 +125,7 @@ class Service:
         if found.status != SubscriberStatus.ACTIVE.value:
             return found, Outcome.ALREADY
         engine, secret = self.database.open()
-        with database_errors(engine), write_transaction(engine) as connection:
+        with write_transaction(engine) as connection:
             row = store.get(connection, found.subscriber_id)
             if row is None or not verify_token(secret, token, row.id, row.email_key):
                 return None  # erased in between

@@ -1,0 +1,9 @@
+"""From a campaign folder to the bytes of each subscriber's message.
+
+`campaign` reads and checks the folder, `render` runs the Jinja2 templates, `reference` builds
+the message the straightforward way with the email package, `compose` makes the same bytes
+faster, `factory` turns one subscriber into one finished message, and `preflight` renders
+them all before anything is sent.
+
+Imports `mailer.core` and `mailer.store`; no SMTP.
+"""

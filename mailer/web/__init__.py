@@ -12,7 +12,7 @@ One job per module, each importing only those above it:
 - `pages`: the French pages (templates in `templates/`), their stylesheet, security headers;
 - `service`: the database side: one engine, the token check, the status change;
 - `middleware`: the security headers on every response, the access log with tokens masked;
-- `app`: the Starlette application, requests to pages;
+- `application`: the Starlette application, requests to pages;
 - `server`: uvicorn on a socket bound here, and `serve` itself.
 
 This package re-exports what `mailer serve`, the tests and an embedding program use.

@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, text
 
 from mailer.cli import main
 from mailer.core.config import Settings
+from tests.fakes import FakeClock
 
 # The scripted SMTP server and the private dovecot IMAP server fixtures.
 pytest_plugins = ["tests.smtpserver", "tests.imapserver"]
@@ -58,6 +59,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
     return Settings(database_url=database_url, templates_dir=tmp_path / "templates")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock that stays at 2026-11-25 09:00 UTC until the test moves it."""
+    return FakeClock()
 
 
 @dataclass

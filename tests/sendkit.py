@@ -15,7 +15,7 @@ from mailer.messages.campaign import load_campaign
 from mailer.messages.factory import MessageFactory
 from mailer.sending.dispatch import Dispatcher, RunOptions, Tally
 from mailer.sending.policy import Backoff
-from mailer.store import deliveries as store
+from mailer.store import queueing
 from mailer.store.engine import read_transaction, write_transaction
 from mailer.store.models import Attempt, Delivery, Subscriber
 from tests.fakes import FakeClock, MemoryTransport
@@ -41,11 +41,11 @@ def opened(settings: Settings) -> Iterator[Engine]:
         yield engine
 
 
-def queue(engine: Engine, clock: FakeClock, name: str = "closure-notice") -> store.CampaignRow:
+def queue(engine: Engine, clock: FakeClock, name: str = "closure-notice") -> queueing.CampaignRow:
     with write_transaction(engine) as connection:
-        row = store.create_campaign(connection, name, fingerprint="f" * 64, nonce="n0nce",
-                                    sender="asso@asso.fr", snapshot={}, now=clock())
-        store.enqueue(connection, row, "asso.fr", clock())
+        row = queueing.create_campaign(connection, name, fingerprint="f" * 64, nonce="n0nce",
+                                       sender="asso@asso.fr", snapshot={}, now=clock())
+        queueing.enqueue(connection, row, "asso.fr", clock())
     return row
 
 
@@ -78,7 +78,7 @@ def attempts_log(engine: Engine) -> list[tuple[str, str, int | None]]:
 def run(
     engine: Engine,
     settings: Settings,
-    row: store.CampaignRow,
+    row: queueing.CampaignRow,
     transport: MemoryTransport,
     clock: FakeClock,
     **options: object,

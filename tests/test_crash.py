@@ -696,7 +696,7 @@ def test_concurrent_lease_expiry_logs_each_dead_delivery_once(
     The second skips the rows the first has locked (SKIP LOCKED) instead of waiting, and
     logs nothing; each delivery gets exactly one `uncertain` attempt. (Found as a bug: the
     log once got a phantom second row per delivery.)"""
-    from mailer.store import deliveries as store
+    from mailer.store import claims
     from mailer.store.engine import write_transaction
     from tests.fakes import FakeClock
     from tests.sendkit import opened, queue
@@ -707,20 +707,20 @@ def test_concurrent_lease_expiry_logs_each_dead_delivery_once(
     with opened(settings) as engine:
         row = queue(engine, clock)
         with write_transaction(engine) as connection:
-            store.claim(connection, row.id, owner="dead-worker", now=clock(), lease_seconds=1,
-                        limit=5)
+            claims.claim(connection, row.id, owner="dead-worker", now=clock(), lease_seconds=1,
+                         limit=5)
         later = clock() + timedelta(seconds=5)
         second: dict[str, int] = {}
 
         def expire_too() -> None:
             with write_transaction(engine) as connection:
-                second["expired"] = store.expire_leases(connection, later)
+                second["expired"] = claims.expire_leases(connection, later)
 
         thread = threading.Thread(target=expire_too)
         first = engine.connect()
         try:
             transaction = first.begin()
-            assert store.expire_leases(first, later) == 5
+            assert claims.expire_leases(first, later) == 5
             thread.start()
             thread.join(timeout=30)
             assert not thread.is_alive(), "the second expiry waited on the first one's locks"

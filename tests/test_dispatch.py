@@ -19,11 +19,6 @@ from tests.sendkit import attempts_log, emails, opened, queue, run, seed, states
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def ready(settings: Settings, templates: Path, tmp_path: Path) -> Settings:
     return settings
 

@@ -1,4 +1,4 @@
-"""Every SQL statement of sending: the campaign row, enqueue, claim with a lease, record, release.
+"""Claiming deliveries to send: claim with a lease, renew, release, lease expiry, what is due.
 
 Every change of a delivery's state is a compare-and-set: the UPDATE names the state it expects
 (and, for a claimed delivery, the lease owner), so a slow worker can never overwrite a row that
@@ -12,237 +12,19 @@ without waiting for one another.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    Engine,
-    Integer,
-    Select,
-    String,
-    Table,
-    Text,
-    and_,
-    bindparam,
-    cast,
-    exists,
-    func,
-    insert,
-    literal,
-    or_,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import Connection, Select, and_, func, insert, or_, select, update
 
 from mailer.core.people import Recipient
 from mailer.core.states import DeliveryState, SubscriberStatus
-from mailer.store.engine import LOCK_TIMEOUT_MS, dialect_insert
-from mailer.store.models import Attempt, Campaign, Delivery, Subscriber, UTCDateTime
+from mailer.store.models import Attempt, Campaign, Delivery, Subscriber
 
 S = DeliveryState
 ACTIVE = SubscriberStatus.ACTIVE.value
-_DELIVERIES: Table = Delivery.__table__  # type: ignore[assignment]
-_ATTEMPTS: Table = Attempt.__table__  # type: ignore[assignment]
-
-
-# --- the campaign --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CampaignRow:
-    id: int
-    name: str
-    fingerprint: str | None  # of what its messages are made of (templates, sender, links)
-    nonce: str  # the random Message-ID prefix of this campaign
-    created_at: datetime
-    purged_at: datetime | None = None  # `mailer purge`: only its counts remain
-
-
-def _campaign(row: Any) -> CampaignRow:
-    snapshot = row.snapshot or {}
-    return CampaignRow(row.id, row.name, row.template_hash, str(snapshot.get("nonce", "")),
-                       row.created_at, row.purged_at)
-
-
-def find_campaign(connection: Connection, name: str) -> CampaignRow | None:
-    row = connection.execute(select(Campaign).where(Campaign.name == name)).first()
-    return _campaign(row) if row is not None else None
-
-
-def create_campaign(
-    connection: Connection,
-    name: str,
-    *,
-    fingerprint: str,
-    nonce: str,
-    sender: str,
-    snapshot: dict[str, Any],
-    now: datetime,
-) -> CampaignRow:
-    """The campaign row, created on first use (two processes at once: one row)."""
-    connection.execute(
-        dialect_insert(connection)(Campaign)
-        .values(
-            name=name,
-            template_hash=fingerprint,
-            snapshot={**snapshot, "nonce": nonce},
-            sender=sender,
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["name"])
-    )
-    found = find_campaign(connection, name)
-    assert found is not None
-    return found
-
-
-def accept_changes(
-    connection: Connection, campaign_id: int, fingerprint: str, snapshot: dict[str, Any],
-    now: datetime,
-) -> None:
-    """Record new templates: the deliveries not yet sent will use them."""
-    row = connection.execute(select(Campaign.snapshot).where(Campaign.id == campaign_id)).one()
-    connection.execute(
-        update(Campaign)
-        .where(Campaign.id == campaign_id)
-        .values(template_hash=fingerprint, snapshot={**snapshot, "nonce": row.snapshot["nonce"]},
-                updated_at=now)
-    )
-
-
-@contextlib.contextmanager
-def campaign_lock(engine: Engine, name: str) -> Iterator[None]:
-    """On PostgreSQL, a session advisory lock per campaign name; nothing on SQLite, where
-    one machine's processes share the work with --workers."""
-    if engine.dialect.name != "postgresql":
-        yield
-        return
-    digest = hashlib.sha256(f"mailer send {name}".encode()).digest()
-    key = int.from_bytes(digest[:8], "big", signed=True)
-    with engine.connect() as connection:
-        # Another process may hold it for a whole pre-flight (minutes for a long list):
-        # wait for it however long, unlike row locks.
-        connection.execute(text("SET lock_timeout = 0"))
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        connection.commit()
-        try:
-            yield
-        finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-            connection.execute(text(f"SET lock_timeout = {LOCK_TIMEOUT_MS}"))
-            connection.commit()
-
-
-# --- enqueue -------------------------------------------------------------------------------
-
-
-def enqueue(connection: Connection, campaign: CampaignRow, domain: str, now: datetime) -> int:
-    """One pending delivery per active subscriber not yet queued; returns how many were added.
-
-    One INSERT ... SELECT: no subscriber passes through Python. The Message-ID is fixed here
-    (`<nonce.subscriber-id@sender-domain>`) and never changes, so any duplicate a relay
-    receives carries the same Message-ID as the original.
-    """
-    message_id = (
-        literal(f"<{campaign.nonce}.") + cast(Subscriber.id, String) + literal(f"@{domain}>")
-    )
-    queued = exists().where(
-        Delivery.campaign_id == campaign.id, Delivery.subscriber_id == Subscriber.id
-    )
-    source = select(
-        literal(campaign.id),
-        Subscriber.id,
-        literal(S.PENDING.value),
-        literal(0),
-        message_id,
-        literal(now, Delivery.created_at.type),
-        literal(now, Delivery.updated_at.type),
-    ).where(Subscriber.status == ACTIVE, ~queued)
-    statement = (
-        dialect_insert(connection)(Delivery)
-        .from_select(
-            ["campaign_id", "subscriber_id", "state", "attempts", "message_id", "created_at",
-             "updated_at"],
-            source,
-        )
-        .on_conflict_do_nothing(index_elements=["campaign_id", "subscriber_id"])
-        .returning(Delivery.id)  # counted: psycopg reports rowcount -1 for this statement
-    )
-    count = sum(1 for _ in connection.execute(statement))
-    if count and connection.dialect.name == "postgresql":
-        # Fresh statistics for the planner, even where autovacuum is off or has not run yet:
-        # without them a bounce import's per-subscriber lookups read the whole campaign's
-        # index entries (benchmarks/README.md, "Bounces and purge").
-        connection.execute(text("ANALYZE deliveries"))
-    return count
-
-
-def _to_check(campaign_id: int | None, unqueued_only: bool) -> list[Any]:
-    where: list[Any] = [Subscriber.status == ACTIVE]
-    if campaign_id is None:
-        return where
-    if unqueued_only:
-        skip = [Delivery.campaign_id == campaign_id, Delivery.subscriber_id == Subscriber.id]
-    else:
-        skip = [
-            Delivery.campaign_id == campaign_id,
-            Delivery.subscriber_id == Subscriber.id,
-            Delivery.state.in_([S.SENT.value, S.FAILED.value, S.SKIPPED.value]),
-        ]
-    return [*where, ~exists().where(*skip)]
-
-
-def count_to_check(connection: Connection, campaign_id: int | None, *, unqueued_only: bool) -> int:
-    query = select(func.count()).select_from(Subscriber)
-    return int(connection.scalar(query.where(*_to_check(campaign_id, unqueued_only))) or 0)
-
-
-def recipients_to_check(
-    connection: Connection,
-    campaign_id: int | None,
-    *,
-    unqueued_only: bool,
-    shard: tuple[int, int] = (0, 1),
-) -> Iterator[Any]:
-    """The subscribers a pre-flight checks, streamed: those not yet queued (each queued
-    delivery was checked when it was queued), or, after the templates changed, every one
-    still to send. `shard` (i, n) keeps the i-th of n shares, for n processes at once."""
-    query = select(Subscriber).where(*_to_check(campaign_id, unqueued_only))
-    index, count = shard
-    if count > 1:
-        query = query.where(Subscriber.id % count == index)
-    yield from connection.execution_options(yield_per=1000).execute(query.order_by(Subscriber.id))
-
-
-def count_due(
-    connection: Connection, campaign_id: int, now: datetime, include_uncertain: bool
-) -> int:
-    """How many deliveries of a campaign a run would send now."""
-    states = [DeliveryState.PENDING.value]
-    if include_uncertain:
-        states.append(DeliveryState.UNCERTAIN.value)
-    return int(
-        connection.scalar(
-            select(func.count()).select_from(Delivery).where(
-                Delivery.campaign_id == campaign_id, Delivery.state.in_(states)
-            )
-        ) or 0
-    ) + int(
-        connection.scalar(
-            select(func.count()).select_from(Delivery).where(
-                Delivery.campaign_id == campaign_id,
-                Delivery.state == DeliveryState.DEFERRED.value,
-                Delivery.next_attempt_at <= now,
-            )
-        ) or 0
-    )
 
 
 # --- claim ---------------------------------------------------------------------------------
@@ -419,92 +201,7 @@ def expire_leases(connection: Connection, now: datetime, campaign_id: int | None
     return len(expired)
 
 
-# --- record and release --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Result:
-    """The outcome of one attempt, to be recorded."""
-
-    delivery_id: int
-    state: DeliveryState  # SENT, DEFERRED, FAILED or UNCERTAIN
-    at: datetime
-    code: int | None
-    reply: str
-    next_attempt_at: datetime | None = None
-    subscriber_id: int | None = None  # set to mark this subscriber bounced
-
-
-_RECORD = (
-    update(_DELIVERIES)
-    .where(
-        _DELIVERIES.c.id == bindparam("b_id"),
-        _DELIVERIES.c.state == S.SENDING.value,
-        _DELIVERIES.c.lease_owner == bindparam("b_owner"),
-    )
-    .values(
-        state=bindparam("b_state"),
-        attempts=_DELIVERIES.c.attempts + 1,
-        first_attempt_at=func.coalesce(_DELIVERIES.c.first_attempt_at, bindparam("b_at")),
-        last_code=bindparam("b_code"),
-        last_reply=bindparam("b_reply"),
-        sent_at=bindparam("b_sent_at"),
-        next_attempt_at=bindparam("b_next"),
-        lease_owner=None,
-        lease_expires_at=None,
-        updated_at=bindparam("b_at"),
-    )
-)
-
-
-# The attempt, for a delivery that still exists: one erased (`subscribers forget`) while it
-# was being sent has nothing left to log against.
-_LOG = insert(_ATTEMPTS).from_select(
-    ["delivery_id", "at", "worker", "outcome", "code", "reply"],
-    select(
-        _DELIVERIES.c.id,
-        bindparam("a_at", type_=UTCDateTime()),
-        bindparam("a_worker", type_=String()),
-        bindparam("a_outcome", type_=String()),
-        bindparam("a_code", type_=Integer()),
-        bindparam("a_reply", type_=Text()),
-    ).where(_DELIVERIES.c.id == bindparam("a_id")),
-)
-
-
-def record(connection: Connection, owner: str, results: Sequence[Result]) -> None:
-    """Store a batch of outcomes and append them to the attempts log; one transaction."""
-    if not results:
-        return
-    connection.execute(
-        _RECORD,
-        [
-            {
-                "b_id": r.delivery_id,
-                "b_owner": owner,
-                "b_state": r.state.value,
-                "b_at": r.at,
-                "b_code": r.code,
-                "b_reply": r.reply,
-                "b_sent_at": r.at if r.state is S.SENT else None,
-                "b_next": r.next_attempt_at,
-            }
-            for r in results
-        ],
-    )
-    connection.execute(_LOG, [
-        {"a_id": r.delivery_id, "a_at": r.at, "a_worker": owner, "a_outcome": r.state.value,
-         "a_code": r.code, "a_reply": r.reply}
-        for r in results
-    ])
-    bounced = sorted({r.subscriber_id for r in results if r.subscriber_id is not None})
-    if bounced:
-        now = max(r.at for r in results)
-        connection.execute(
-            update(Subscriber)
-            .where(Subscriber.id.in_(bounced), Subscriber.status == ACTIVE)
-            .values(status=SubscriberStatus.BOUNCED.value, status_changed_at=now, updated_at=now)
-        )
+# --- release -------------------------------------------------------------------------------
 
 
 def release(
@@ -534,6 +231,30 @@ def release(
 # --- what is due ---------------------------------------------------------------------------
 
 
+def count_due(
+    connection: Connection, campaign_id: int, now: datetime, include_uncertain: bool
+) -> int:
+    """How many deliveries of a campaign a run would send now."""
+    states = [DeliveryState.PENDING.value]
+    if include_uncertain:
+        states.append(DeliveryState.UNCERTAIN.value)
+    return int(
+        connection.scalar(
+            select(func.count()).select_from(Delivery).where(
+                Delivery.campaign_id == campaign_id, Delivery.state.in_(states)
+            )
+        ) or 0
+    ) + int(
+        connection.scalar(
+            select(func.count()).select_from(Delivery).where(
+                Delivery.campaign_id == campaign_id,
+                Delivery.state == DeliveryState.DEFERRED.value,
+                Delivery.next_attempt_at <= now,
+            )
+        ) or 0
+    )
+
+
 def due_campaigns(
     connection: Connection, now: datetime, *, include_uncertain: bool, include_pending: bool = True
 ) -> list[str]:
@@ -554,32 +275,3 @@ def due_campaigns(
         if due is not None:
             names.append(name)
     return names
-
-
-def report_rows(
-    connection: Connection, campaign_id: int, states: Sequence[DeliveryState]
-) -> Iterator[Any]:
-    """Deliveries in these states with their subscriber, streamed in subscriber order."""
-    query = (
-        select(
-            Subscriber.email,
-            Subscriber.first_name,
-            Subscriber.last_name,
-            Subscriber.status.label("subscriber_status"),
-            Delivery.state,
-            Delivery.attempts,
-            Delivery.last_code,
-            Delivery.last_reply,
-            Delivery.first_attempt_at,
-            select(func.max(Attempt.at)).where(Attempt.delivery_id == Delivery.id)
-            .scalar_subquery().label("last_attempt_at"),
-            Delivery.next_attempt_at,
-            Delivery.sent_at,
-            Delivery.message_id,
-        )
-        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(Delivery.campaign_id == campaign_id,
-               Delivery.state.in_([state.value for state in states]))
-        .order_by(Subscriber.id)
-    )
-    yield from connection.execution_options(yield_per=1000).execute(query)

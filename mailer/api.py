@@ -1,19 +1,17 @@
 """One function per user action, shared by the CLI and the tests. Nothing here prints.
 
 Each function opens the database named by the settings (creating or upgrading its schema),
-does one job, and returns plain data; errors are MailerError subclasses.
+does one job, and returns plain data; errors are MailerError subclasses. The types of those
+results and of the progress callbacks are re-exported here (`__all__`): the CLI needs nothing
+past this module and `mailer.core`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from email import policy as email_policy
-from email.header import decode_header, make_header
-from email.message import EmailMessage
-from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +19,25 @@ from sqlalchemy import Engine, text
 
 from mailer.bounces import run as bouncing
 from mailer.bounces.mailboxes import open_mailbox
-from mailer.core.addresses import clean_address
+from mailer.bounces.run import BounceSummary
+from mailer.core.addresses import address_key
 from mailer.core.clock import Clock, system_clock
 from mailer.core.config import Settings
-from mailer.core.errors import AddressError, InputError, NotFoundError
+from mailer.core.errors import InputError, NotFoundError
 from mailer.core.people import Recipient
 from mailer.core.states import DeliveryState, SubscriberStatus
 from mailer.core.tokens import keyed_hash, token_subscriber_id, verify_token
 from mailer.imports.columns import map_columns, parse_map_options
 from mailer.imports.csvsource import CsvSource
 from mailer.imports.run import ImportReport, ImportRun, Progress, open_rejects
-from mailer.messages.campaign import Campaign, load_campaign
-from mailer.messages.factory import MessageFactory, Outgoing
+from mailer.messages.campaign import load_campaign
 from mailer.messages.preflight import PreflightReport, preflight
+from mailer.messages.preview import Preview, preview_factory
 from mailer.privacy import purge as purging
-from mailer.sending import run as sending
-from mailer.sending.dispatch import ProgressFn
-from mailer.sending.run import RunReport
-from mailer.store import deliveries, meta, stats
+from mailer.sending.options import ProgressFn, Tally
+from mailer.sending.report import write_report as write_csv
+from mailer.sending.run import PreflightFailed, RunReport, SendRequest, SendRun
+from mailer.store import counts, meta, outcomes, queueing
 from mailer.store import subscribers as store
 from mailer.store.engine import (
     ensure_schema,
@@ -47,6 +46,14 @@ from mailer.store.engine import (
     scrub,
     write_transaction,
 )
+
+__all__ = [
+    "BounceSummary", "Erasure", "ImportReport", "PreflightFailed", "PreflightReport",
+    "Preview", "Progress", "ProgressFn", "RunReport", "StatusChange", "Tally",
+    "check_campaign", "check_database", "forget", "import_bounces", "import_subscribers",
+    "list_subscribers", "open_database", "preview", "purge", "report", "retry", "send",
+    "serve", "status", "subscriber_json", "token_secret", "unsubscribe", "write_report",
+]
 
 
 @contextmanager
@@ -115,14 +122,6 @@ def list_subscribers(
             yield subscriber_json(row)
 
 
-def _key_of(email: str) -> str:
-    try:
-        address, _ = clean_address(email)
-    except AddressError as exc:
-        raise InputError(f"{email!r}: {exc}") from exc
-    return address.key
-
-
 def token_secret(settings: Settings, connection: Any) -> bytes:
     return meta.token_secret(connection, settings.secret)
 
@@ -152,7 +151,7 @@ def unsubscribe(
                 raise NotFoundError("invalid or expired unsubscribe token")
         else:
             assert email is not None
-            row = store.find(connection, _key_of(email))
+            row = store.find(connection, address_key(email))
             if row is None:
                 raise NotFoundError(f"{email} is not in the list")
         changed = store.set_status(
@@ -170,7 +169,7 @@ class Erasure:
 
 def forget(settings: Settings, email: str, *, clock: Clock = system_clock) -> Erasure:
     """Erase a person for real; keep only a keyed hash so no later import brings them back."""
-    key = _key_of(email)
+    key = address_key(email)
     with open_database(settings) as engine:
         with write_transaction(engine) as connection:
             row = store.find(connection, key)
@@ -187,43 +186,6 @@ def forget(settings: Settings, email: str, *, clock: Clock = system_clock) -> Er
 # --- preview and pre-flight --------------------------------------------------------------
 
 
-def _factory(settings: Settings, campaign: Campaign, connection: Any) -> MessageFactory:
-    """The campaign's message factory, with the token secret (generated on first use).
-
-    The Message-ID prefix is derived from the campaign and its templates: what a preview
-    shows. A send fixes each delivery's own Message-ID when it queues it.
-    """
-    nonce = hashlib.sha256(f"{campaign.name}\0{campaign.digest}".encode()).hexdigest()[:12]
-    return MessageFactory(campaign, token_secret(settings, connection), nonce)
-
-
-@dataclass(frozen=True)
-class Preview:
-    outgoing: Outgoing
-    status: str  # the subscriber's status: only `active` ones are sent to
-
-    @property
-    def message(self) -> EmailMessage:
-        """The wire bytes parsed back with the standard library (policy.default)."""
-        parsed = BytesParser(policy=email_policy.default).parsebytes(self.outgoing.data)
-        assert isinstance(parsed, EmailMessage)
-        return parsed
-
-    def header(self, name: str) -> str | None:
-        """A header as a reader sees it, decoded per RFC 2047 (email.header.decode_header).
-
-        policy.default's address parser keeps the folding space between two adjacent
-        encoded words of one display name, which RFC 2047 (6.2) says to drop; the older
-        decoder drops it, so a long name reads exactly as it was written.
-        """
-        raw = BytesParser(policy=email_policy.compat32).parsebytes(
-            self.outgoing.data, headersonly=True
-        ).get(name)
-        if raw is None:
-            return None
-        return str(make_header(decode_header(" ".join(str(raw).split()))))
-
-
 def preview(
     settings: Settings,
     campaign_name: str,
@@ -235,7 +197,7 @@ def preview(
     campaign = load_campaign(settings, campaign_name)
     with open_database(settings) as engine, write_transaction(engine) as connection:
         if email is not None:
-            row = store.find(connection, _key_of(email))
+            row = store.find(connection, address_key(email))
             if row is None:
                 raise NotFoundError(f"{email} is not in the list")
         else:
@@ -245,7 +207,7 @@ def preview(
                     "no active subscriber to preview",
                     hint="import a list first: mailer import FILE.csv",
                 )
-        factory = _factory(settings, campaign, connection)
+        factory = preview_factory(campaign, token_secret(settings, connection))
     return Preview(factory.make(Recipient.from_row(row), date=clock()), row.status)
 
 
@@ -260,7 +222,7 @@ def check_campaign(
     campaign = load_campaign(settings, campaign_name)
     with open_database(settings) as engine:
         with write_transaction(engine) as connection:
-            factory = _factory(settings, campaign, connection)
+            factory = preview_factory(campaign, token_secret(settings, connection))
             total = store.count_by_status(connection)[SubscriberStatus.ACTIVE.value]
         with read_transaction(engine) as connection:
             recipients = (
@@ -277,7 +239,7 @@ def status(settings: Settings, campaign: str | None = None) -> dict[str, Any]:
     """The contract's `mailer status --json` shape, for one campaign or for everything."""
     with open_database(settings) as engine, read_transaction(engine) as connection:
         if campaign is not None:
-            found = stats.campaign_status(connection, campaign)
+            found = counts.campaign_status(connection, campaign)
             if found is None:
                 raise NotFoundError(
                     f"unknown campaign {campaign!r}",
@@ -285,7 +247,7 @@ def status(settings: Settings, campaign: str | None = None) -> dict[str, Any]:
                 )
             return found
         campaigns = [
-            stats.campaign_status(connection, name) for name in stats.campaign_names(connection)
+            counts.campaign_status(connection, name) for name in counts.campaign_names(connection)
         ]
         return {
             "subscribers": store.count_by_status(connection),
@@ -316,14 +278,11 @@ def send(
     clock: Clock = system_clock,
 ) -> RunReport:
     """Check, queue and send a campaign (see mailer.sending.run); nothing is ever sent twice."""
-    if limit is not None and limit < 1:
-        raise InputError("--limit must be at least 1")
+    request = SendRequest(campaign, dry_run=dry_run, limit=limit, outbox=outbox,
+                          accept_changes=accept_changes)
     with open_database(settings) as engine:
-        return sending.send(
-            settings, engine, campaign, dry_run=dry_run, limit=limit, outbox=outbox,
-            accept_changes=accept_changes, check_progress=check_progress, progress=progress,
-            clock=clock,
-        )
+        return SendRun(settings, engine, request, check_progress=check_progress,
+                       progress=progress, clock=clock).send()
 
 
 def retry(
@@ -335,9 +294,9 @@ def retry(
     clock: Clock = system_clock,
 ) -> list[RunReport]:
     """Send what is due (cron); an empty list when nothing is."""
+    request = SendRequest(campaign, outbox=outbox)
     with open_database(settings) as engine:
-        return sending.retry(settings, engine, campaign, outbox=outbox, progress=progress,
-                             clock=clock)
+        return SendRun(settings, engine, request, progress=progress, clock=clock).retry()
 
 
 REPORT_COLUMNS = (
@@ -353,7 +312,7 @@ def report(
     """The header, then one row per delivery in `states` (default: every one not sent)."""
     wanted = states or [s for s in DeliveryState if s is not DeliveryState.SENT]
     with open_database(settings) as engine, read_transaction(engine) as connection:
-        row = deliveries.find_campaign(connection, campaign)
+        row = queueing.find_campaign(connection, campaign)
         if row is None:
             raise NotFoundError(
                 f"unknown campaign {campaign!r}",
@@ -366,7 +325,7 @@ def report(
                 hint=f"`mailer status {campaign}` shows them",
             )
         yield list(REPORT_COLUMNS)
-        for item in deliveries.report_rows(connection, row.id, wanted):
+        for item in outcomes.report_rows(connection, row.id, wanted):
             yield [
                 item.email, item.first_name or "", item.last_name or "", item.subscriber_status,
                 item.state, str(item.attempts), "" if item.last_code is None
@@ -376,7 +335,20 @@ def report(
             ]
 
 
-# --- bounces and purge ---------------------------------------------------------------------
+def write_report(
+    settings: Settings, campaign: str, states: list[DeliveryState] | None = None, *,
+    path: Path | None = None, delimiter: str = ",",
+) -> int:
+    """`report` as CSV into `path` (default: standard output); how many deliveries it lists."""
+    rows = report(settings, campaign, states)
+    rows = itertools.chain([next(rows)], rows)  # the header: an unknown campaign fails here,
+    # before `path` is opened (and emptied)
+    if delimiter not in {",", ";", "\t", "|"}:
+        raise InputError(f"invalid delimiter {delimiter!r}", hint="use , or ; (or a tab, |)")
+    return write_csv(rows, path, delimiter)
+
+
+# --- bounces, purge, serve ------------------------------------------------------------------
 
 
 def import_bounces(
@@ -385,7 +357,7 @@ def import_bounces(
     *,
     progress: bouncing.Progress | None = None,
     clock: Clock = system_clock,
-) -> bouncing.BounceSummary:
+) -> BounceSummary:
     """Read every message of a mailbox (mbox, Maildir, imaps://) and record the bounces."""
     with open_mailbox(source, settings) as mailbox, open_database(settings) as engine:
         return bouncing.import_bounces(
@@ -408,6 +380,13 @@ def purge(
             engine, campaign=campaign, older_than=age, all_personal_data=all_personal_data,
             clock=clock,
         )
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    """Answer unsubscribe links until stopped (see mailer.web.serve)."""
+    from mailer import web  # the web stack (starlette, uvicorn) loads only for this
+
+    web.serve(settings, host, port)
 
 
 def _iso(moment: Any) -> str:

@@ -15,7 +15,7 @@ from email_validator import EmailNotValidError, validate_email
 from email_validator import syntax as _syntax
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES, EMAIL_MAX_LENGTH
 
-from mailer.core.errors import AddressError
+from mailer.core.errors import AddressError, InputError
 
 # Invisible characters that trimming must also remove (str.strip() already handles
 # no-break spaces, which are Unicode white space).
@@ -85,6 +85,16 @@ def clean_address(raw: str) -> tuple[Address, list[str]]:
     )
 
 
+def address_key(email: str) -> str:
+    """The dedupe key of an address someone gave (`mailer subscribers forget EMAIL`);
+    InputError naming it if it is not one."""
+    try:
+        address, _ = clean_address(email)
+    except AddressError as exc:
+        raise InputError(f"{email!r}: {exc}") from exc
+    return address.key
+
+
 def validate(text: str) -> tuple[str, str, bool]:
     """(normalised local part, IDNA ASCII domain, needs SMTPUTF8) as email-validator says.
 
@@ -137,12 +147,14 @@ def _validate_plain(text: str) -> tuple[str, str, bool] | None:
     return local, ascii_domain, bool(info["smtputf8"])
 
 
-def clean_name(raw: str, limit: int = NAME_MAX) -> tuple[str | None, bool]:
+def clean_name(raw: str, limit: int | None = NAME_MAX) -> tuple[str | None, bool]:
     """Trim a name and drop control and bidi characters; say whether any were removed.
 
     A line break or tab becomes a space (`Grace<CR>Hopper` -> `Grace Hopper`) but still
     counts as removed, so the row gets its warning; a no-break space is only a space.
-    The result is cut to `limit` characters, the width of its column.
+    A lone surrogate (only a JSON `\\ud800` escape makes one) is removed too: no database
+    can store it. The result is cut to `limit` characters, the width of its column
+    (None: not cut; the caller cuts and says so).
     """
     if not raw:
         return None, False
@@ -159,21 +171,31 @@ def clean_name(raw: str, limit: int = NAME_MAX) -> tuple[str | None, bool]:
                 kept.append(char)
             elif char in _INVISIBLE:  # zero-width space, word joiner, BOM: dropped quietly
                 continue
-            elif ord(char) in _BIDI or category in {"Cc", "Cf"}:
+            elif ord(char) in _BIDI or category in {"Cc", "Cf", "Cs"}:
                 removed = True
             else:
                 kept.append(char)
         text = "".join(kept)
-    cleaned = _SPACES.sub(" ", text).strip().strip(_INVISIBLE).strip()[:limit].rstrip()
+    cleaned = _SPACES.sub(" ", text).strip().strip(_INVISIBLE).strip()
+    if limit is not None:
+        cleaned = cleaned[:limit].rstrip()
     return (cleaned or None), removed
 
 
 def split_full_name(full: str) -> tuple[str | None, str | None]:
-    """`Hélène Dupont` -> (Hélène, Dupont); `DUPONT Hélène` -> (Hélène, DUPONT).
+    """(given, family): `Hélène Dupont`, `DUPONT Hélène` and `Dupont, Hélène` all give Hélène.
 
-    A French list often writes the family name first, in capitals: that is the only order
-    this guesses; otherwise the first word is the given name and the rest the family name.
+    A comma is how directories and Outlook write the family name first (`Nom, Prénom`): what
+    comes before the first comma is the family name, what follows the given name, and no
+    part keeps a comma (`Dupont,` alone is a family name). Without a comma, a French list
+    often writes the family name first in capitals: that is the only order this guesses;
+    otherwise the first word is the given name and the rest the family name.
     """
+    if "," in full:
+        family, _, given = full.partition(",")
+        return (" ".join(given.replace(",", " ").split()) or None), (
+            " ".join(family.split()) or None
+        )
     words = full.split()
     if not words:
         return None, None

@@ -1,0 +1,141 @@
+"""`mailer preview` and `mailer status`: a campaign's messages before a send, and where
+things stand. `print_check` is also what `mailer send` prints of its pre-flight."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from mailer import api
+from mailer.cli.output import SHOWN, out, print_json, progress_bar, stderr
+from mailer.cli.root import settings_of
+from mailer.core.errors import InputError
+from mailer.core.states import SubscriberStatus
+
+PREVIEW_HEADERS = ("From", "To", "Reply-To", "Subject", "Date", "Message-ID", "List-Id",
+                   "List-Unsubscribe")
+
+
+class Format(StrEnum):
+    text = "text"
+    html = "html"
+    eml = "eml"
+
+
+def preview_command(
+    ctx: typer.Context,
+    campaign: Annotated[
+        str, typer.Argument(help="The campaign: a folder under the templates directory.")
+    ],
+    email: Annotated[
+        str | None,
+        typer.Option(help="The subscriber (default: the first active one).", metavar="EMAIL"),
+    ] = None,
+    fmt: Annotated[
+        Format,
+        typer.Option("--format", help="text: headers and text part; html: the HTML part; "
+                     "eml: the raw message bytes."),
+    ] = Format.text,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Pre-flight: render for every active subscriber, send "
+                     "nothing, report problems (exit 1 if any)."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --check: print JSON.")] = False,
+) -> None:
+    """Show exactly what a subscriber would receive; or check the whole campaign.
+
+    Example: mailer preview closure-notice --email helene.dupont@exemple.fr
+    """
+    if as_json and not check:
+        raise InputError("--json goes with --check", hint="for the raw message: --format eml")
+    settings = settings_of(ctx)
+    if check:
+        with progress_bar("Checking", not as_json, unit="messages") as progress:
+            report = api.check_campaign(settings, campaign, progress=progress)
+        print_check(report, as_json)
+        if not report.ok:
+            raise typer.Exit(1)
+        return
+    shown = api.preview(settings, campaign, email)
+    outgoing = shown.outgoing
+    if shown.status != SubscriberStatus.ACTIVE.value:
+        stderr().print(f"Note: {outgoing.recipient.email} is {shown.status}: a send skips them.",
+                  markup=False)
+    if outgoing.smtputf8:
+        stderr().print(f"Note: {outgoing.recipient.email} needs a relay that offers SMTPUTF8.",
+                  markup=False)
+    if fmt is Format.eml:
+        sys.stdout.buffer.write(outgoing.data)
+        sys.stdout.flush()
+        return
+    if fmt is Format.html:
+        if outgoing.parts.html is None:
+            raise InputError(f"campaign {campaign!r} has no HTML part (body.html)")
+        sys.stdout.write(outgoing.parts.html)
+        return
+    for name in PREVIEW_HEADERS:
+        value = shown.header(name)
+        if value is not None:
+            out.print(f"{name}: {value}", markup=False)
+    sys.stdout.write("\n" + outgoing.parts.text)
+
+
+def print_check(report: api.PreflightReport, as_json: bool) -> None:
+    if as_json:
+        print_json(report.as_json())
+        return
+    out.print(
+        f"{report.campaign}: {report.ready} of {report.checked} messages ready"
+        + (f", {report.problem_count} with problems" if report.problem_count else "")
+        + (f" (largest {report.largest / 1024:.1f} KiB)" if report.ready else "")
+        + f"; checked in {report.seconds:.1f} s.",
+        markup=False,
+    )
+    if report.domains:
+        top = report.top_domains()
+        rest = sum(report.domains.values()) - sum(n for _, n in top)
+        listed = ", ".join(f"{domain} {n}" for domain, n in top)
+        out.print(f"Domains: {listed}" + (f", others {rest}" if rest else ""), markup=False)
+    for problem in report.problems[:SHOWN]:
+        out.print(f"Problem: {problem.email}: {problem.reason}", markup=False)
+    if report.problem_count > SHOWN:
+        out.print(f"... and {report.problem_count - SHOWN} more problems; by reason:",
+                  markup=False)
+        for reason, count in report.reasons.most_common(SHOWN):
+            out.print(f"  {count} × {reason}", markup=False)
+    for warning in report.warnings:
+        out.print(f"Warning: {warning}", markup=False)
+
+
+def status_command(
+    ctx: typer.Context,
+    campaign: Annotated[
+        str | None, typer.Argument(help="One campaign (default: all).", metavar="CAMPAIGN")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Where things stand: subscribers by status, deliveries by state per campaign.
+
+    Example: mailer status closure-notice --json
+    """
+    data = api.status(settings_of(ctx), campaign)
+    if as_json:
+        print_json(data)
+        return
+    campaigns = [data] if campaign else data["campaigns"]
+    if not campaign:
+        counts = data["subscribers"]
+        out.print("Subscribers: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        if not campaigns:
+            out.print("No campaign yet.")
+    for item in campaigns:
+        states = ", ".join(f"{n} {s}" for s, n in item["counts"].items() if n)
+        line = f"{item['campaign']}: {item['total']} deliveries"
+        line += f" ({states})" if states else ""
+        if item["next_attempt_at"]:
+            line += f"; next attempt at {item['next_attempt_at']}"
+        out.print(line, markup=False)

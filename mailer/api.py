@@ -302,7 +302,7 @@ def retry(
 REPORT_COLUMNS = (
     "email", "first_name", "last_name", "subscriber_status", "state", "attempts", "last_code",
     "last_reply", "first_attempt_at", "last_attempt_at", "next_attempt_at", "sent_at",
-    "message_id",
+    "message_id", "bounce_reason",
 )
 
 
@@ -332,6 +332,7 @@ def report(
                 else str(item.last_code), item.last_reply or "",
                 _iso(item.first_attempt_at), _iso(item.last_attempt_at),
                 _iso(item.next_attempt_at), _iso(item.sent_at), item.message_id,
+                item.bounce_reason or "",
             ]
 
 
@@ -358,11 +359,14 @@ def import_bounces(
     progress: bouncing.Progress | None = None,
     clock: Clock = system_clock,
 ) -> BounceSummary:
-    """Read every message of a mailbox (mbox, Maildir, imaps://) and record the bounces."""
-    with open_mailbox(source, settings) as mailbox, open_database(settings) as engine:
+    """Read every message of a mailbox (mbox, Maildir, imaps://) and record the bounces; from
+    an IMAP folder, only those newer than the last import's."""
+    with open_database(settings) as engine, open_mailbox(
+        source, settings, resume=bouncing.resume_point(engine)
+    ) as mailbox:
         return bouncing.import_bounces(
             engine, mailbox, source=source, secret=settings.secret, total=mailbox.total,
-            progress=progress, clock=clock,
+            progress=progress, clock=clock, rules=bouncing.rules_of(settings),
         )
 
 

@@ -13,7 +13,8 @@ from mailer import api
 from mailer.core.config import Settings
 from mailer.messages.campaign import load_campaign
 from mailer.messages.factory import MessageFactory
-from mailer.sending.dispatch import Dispatcher, RunOptions, Tally
+from mailer.sending.dispatch import Dispatcher
+from mailer.sending.options import RunOptions, Tally
 from mailer.sending.policy import Backoff
 from mailer.store import queueing
 from mailer.store.engine import read_transaction, write_transaction

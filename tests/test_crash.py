@@ -47,7 +47,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from mailer.core.config import Settings
-from mailer.sending.dispatch import FLUSH_SECONDS
+from mailer.sending.recorder import FLUSH_SECONDS
 from mailer.store.models import Attempt, Delivery, Subscriber
 from tests.conftest import REPO_TEMPLATES
 from tests.sendkit import emails, seed
@@ -530,7 +530,7 @@ STOP_TIMEOUT = 10.0  # seconds to stop: in flight is at most K messages of STOP_
 def test_sigterm_and_sigint_stop_cleanly_and_the_next_send_finishes(
     setup: Setup, smtp_server_factory: ServerFactory, cli: Any, signum: signal.Signals,
 ) -> None:
-    """A signal mid-run (mailer.sending.run._stop_on_signals handles both alike): the process
+    """A signal mid-run (mailer.sending.stopping handles both alike): the process
     stops claiming, lets the messages in flight finish and be recorded, releases the rest to
     `pending` with no attempt counted, prints the `Stopped:` line and exits 128 + the signal
     (130 after Ctrl-C, 143 after SIGTERM, as the README says) with no traceback, within

@@ -147,7 +147,8 @@ def test_stop_lets_in_flight_messages_finish_and_releases_the_rest(
 ) -> None:
     from mailer.messages.campaign import load_campaign
     from mailer.messages.factory import MessageFactory
-    from mailer.sending.dispatch import Dispatcher, RunOptions
+    from mailer.sending.dispatch import Dispatcher
+    from mailer.sending.options import RunOptions
 
     seed(ready, tmp_path, emails(60))
     transport = MemoryTransport(delay=0.02)
@@ -261,9 +262,9 @@ def test_a_worker_process_that_dies_is_a_whole_run_error(
     from mailer.core.errors import WorkerError
     from mailer.messages.campaign import load_campaign
     from mailer.messages.factory import MessageFactory
-    from mailer.sending.dispatch import Dispatcher, RunOptions
-    from mailer.sending.run import run_dispatcher
-    from mailer.sending.workers import run_workers
+    from mailer.sending.dispatch import Dispatcher
+    from mailer.sending.options import RunOptions
+    from mailer.sending.workers import SendingWorkers
 
     seed(ready, tmp_path, emails(300))
     parent = os.getpid()
@@ -271,15 +272,21 @@ def test_a_worker_process_that_dies_is_a_whole_run_error(
         row = queue(engine, clock)
         factory = MessageFactory(load_campaign(ready, row.name), b"k" * 32, row.nonce)
 
-        def build(index, worker_engine, connections, share):  # type: ignore[no-untyped-def]
-            return Dispatcher(worker_engine, row.id, factory, MemoryTransport(),
-                              RunOptions(concurrency=connections, batch_size=20), clock=clock)
+        class DiesInTheChild:
+            """A run's share: its dispatcher in this process; a forked worker dies."""
 
-        def run_or_die(dispatcher, total):  # type: ignore[no-untyped-def]
-            if os.getpid() != parent:
-                os._exit(3)  # the child dies before sending anything
-            return run_dispatcher(dispatcher, total)
+            def send_share(self, index, worker_engine, connections, progress):  # type: ignore[no-untyped-def]
+                if os.getpid() != parent:
+                    os._exit(3)  # the child dies before sending anything
+                dispatcher = Dispatcher(worker_engine, row.id, factory, MemoryTransport(),
+                                        RunOptions(concurrency=connections, batch_size=20),
+                                        clock=clock, progress=progress)
+                return asyncio.run(dispatcher.run(300))
 
+        sender = DiesInTheChild()
+        workers = SendingWorkers(engine, 2, 4, sender, None)
+        workers.start()
+        own = sender.send_share(0, engine, workers.connections[0], workers.report)
         with pytest.raises(WorkerError, match=r"exit status 3"):
-            run_workers(engine, 2, 4, 300, build, run_or_die, None)
+            workers.finish(own)
         assert set(states(engine).values()) == {"sent"}

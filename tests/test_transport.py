@@ -21,16 +21,10 @@ from mailer.core.config import Settings
 from mailer.core.delivery import Reply, Stage, Submission
 from mailer.core.errors import ConfigError, MailerError, RelayTemporaryError
 from mailer.sending.outbox import OutboxTransport, outbox_file_name
-from mailer.sending.smtp import (
-    KNOWN_SMTP_ERRORS,
-    NO_SMTPUTF8,
-    SmtpPool,
-    check_auth_allowed,
-    is_loopback,
-    smtp_transport,
-    stuff_dots,
-    translate_smtp_error,
-)
+from mailer.sending.relay import check_auth_allowed, is_loopback
+from mailer.sending.smtp import NO_SMTPUTF8, SmtpPool, smtp_transport
+from mailer.sending.smtperrors import KNOWN_SMTP_ERRORS, translate_smtp_error
+from mailer.sending.wire import stuff_dots
 
 if TYPE_CHECKING:  # imported by pytest_plugins below, so that pytest rewrites its asserts
     from tests.smtpserver import ScriptedSMTPServer, ServerFactory
@@ -764,7 +758,7 @@ def test_outbox_folder_that_cannot_be_written_is_a_configuration_error(tmp_path:
 def test_command_address_is_aiosmtplibs_quote_address(address: str) -> None:
     from aiosmtplib.email import quote_address
 
-    from mailer.sending.smtp import command_address
+    from mailer.sending.wire import command_address
 
     try:
         expected = quote_address(address)
@@ -777,7 +771,7 @@ def test_command_address_is_aiosmtplibs_quote_address(address: str) -> None:
 
 @given(st.binary(max_size=300).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"\r\n")))
 def test_fast_paths_agree_with_the_regular_expressions(data: bytes) -> None:
-    from mailer.sending.smtp import _LEADING_DOT, _LINE_END, normalize_line_ends, stuff_dots
+    from mailer.sending.wire import _LEADING_DOT, _LINE_END, normalize_line_ends, stuff_dots
 
     body = _LINE_END.sub(b"\r\n", data)
     assert normalize_line_ends(data) == (body if body.endswith(b"\r\n") else body + b"\r\n")

@@ -6,7 +6,7 @@
     │   ├── TemplateError         exit 1   a template that does not compile or render (Jinja2)
     │   ├── RecipientError        exit 1   a subscriber whose data cannot make a valid message
     │   └── PreflightFailed       exit 1   some messages cannot be made: nothing was sent
-    │                                      (mailer.messages.preflight: it carries the report)
+    │                                      (mailer.sending.run: it carries the report)
     ├── NotFoundError             exit 1   unknown subscriber, campaign or token
     ├── ConfigError               exit 78  bad configuration (settings, secrets, credentials, TLS)
     ├── SchemaError               exit 78  database of another schema than this code knows
@@ -21,7 +21,7 @@ Foreign exceptions are translated at one point each, with `raise ... from exc`, 
 naming the file and line, the setting or the host: csv and file errors in
 mailer.imports.csvsource, email-validator in mailer.core.addresses, Jinja2 in
 mailer.messages.render, SQLAlchemy in mailer.store.engine (an engine `handle_error` hook, so
-no call site wraps its statements), aiosmtplib in mailer.sending.smtp, imaplib in the IMAP
+no call site wraps its statements), aiosmtplib in mailer.sending.smtperrors, imaplib in the IMAP
 reader of mailer.bounces. Bugs are not wrapped: they crash loudly. A test checks that every
 MailerError subclass in the package is drawn here.
 """

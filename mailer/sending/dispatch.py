@@ -1,53 +1,40 @@
-"""The sending loop of one run: claim → render → send → record, K at a time, at a given rate.
+"""The sending loop of one process: claim → render → send → record, K at a time, at a given rate.
 
-    producer ──claim (lease)──▶ queue ──▶ K senders ──render, rate, transport.send──▶ results
+    producer ──claim (lease)──▶ queue ──▶ K senders ──render, rate, transport.send──▶ outcomes
                                                                                     │ ≤ 100 ms
     recorder ◀──────────────────────────────────────────────────────────────────────┘
     (one transaction per flush: states + attempts log; renews the leases)
 
-Only SMTP is async. Every database call runs on one dedicated thread, so a slow commit never
-stalls an SMTP timer. A delivery is `sending` (committed) before its DATA, and its outcome is
-committed within `FLUSH_SECONDS` of the relay's reply: a crash can leave at most the messages
-being transmitted plus those acknowledged in the last flush interval without their record.
-
-Stopping (Ctrl-C, SIGTERM, or whole-run trouble such as an unreachable relay) stops claiming,
-lets the messages in flight finish and be recorded, and releases what was claimed but not
-tried back to the state it came from, with no attempt counted.
+What is held, leased and awaiting its commit is the `Recorder`'s (mailer.sending.recorder);
+what each reply means is the policy's. Stopping (a signal, passed on by the run, or whole-run
+trouble such as an unreachable relay) stops claiming, lets the messages in flight finish and
+be recorded, and releases what was claimed but not tried back to the state it came from, with
+no attempt counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import secrets
-import socket
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from functools import partial
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine
 
 from mailer.core.clock import Clock
-from mailer.core.config import Rate
-from mailer.core.delivery import Reply, Stage, Submission, Transport
+from mailer.core.delivery import Reply, Submission, Transport
 from mailer.core.errors import ConfigError, InputError, MailerError, RelayTemporaryError
 from mailer.core.states import DeliveryState
 from mailer.core.tokens import verp_address
 from mailer.messages.factory import MessageFactory
-from mailer.sending.policy import Backoff, Decision, Outcome, decide
-from mailer.store import deliveries as store
-from mailer.store.engine import write_transaction
+from mailer.sending.options import ProgressFn, RateLimiter, RunOptions, Tally, sleep_unless
+from mailer.sending.policy import Decision, Outcome, decide
+from mailer.sending.recorder import FLUSH_SECONDS, Recorder, describe, worker_name
+from mailer.store import claims
 
-T = TypeVar("T")
-FLUSH_SECONDS = 0.1  # outcomes are committed at most this long after the relay's reply
-UNRECORDED_LIMIT = 1000  # senders wait while this many replies await their commit (slow DB)
 THROTTLE_LIMIT = 5  # throttling replies in a row (no acceptance between) that stop the run
 REQUEUE_LIMIT = 3  # 421s for one message before it is deferred like any temporary failure
 # Permanent refusals in a row, all with the same reply (the recipient's address taken out)
@@ -56,77 +43,8 @@ REQUEUE_LIMIT = 3  # 421s for one message before it is deferred like any tempora
 REFUSAL_LIMIT = 20
 
 
-def worker_name() -> str:
-    """Who holds a lease: host, process and a random suffix (pids are reused)."""
-    return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-@dataclass
-class Tally:
-    """What this run did, for the progress bar and the summary."""
-
-    total: int = 0  # deliveries due when the run started (the progress bar's length)
-    sent: int = 0
-    deferred: int = 0
-    failed: int = 0
-    uncertain: int = 0
-    skipped: int = 0
-    released: int = 0
-    requeued: int = 0
-    lost: int = 0  # claimed, then not sent: the lease ran out first (a paused process)
-    started: float = 0.0
-    interrupted: bool = False
-    signal: int = 0  # the signal that stopped the run (SIGINT, SIGTERM), if any
-
-    @property
-    def done(self) -> int:
-        return self.sent + self.deferred + self.failed + self.uncertain + self.skipped
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started if self.started else 0.0
-
-    def count(self, outcome: Outcome) -> None:
-        name = outcome.value
-        setattr(self, name, getattr(self, name) + 1)
-
-
-ProgressFn = Callable[[Tally], None]
-
-
-class RateLimiter:
-    """At most `rate` message starts per second, spread evenly (no bursts)."""
-
-    def __init__(self, rate: Rate | None) -> None:
-        self.interval = 1.0 / rate.per_second if rate else 0.0
-        self._next = 0.0
-
-    async def wait(self, stop: asyncio.Event) -> None:
-        """Until this message's slot, or until `stop` is set."""
-        if not self.interval:
-            return
-        now = time.monotonic()
-        start = max(now, self._next)
-        self._next = start + self.interval
-        if start > now:
-            await _sleep_unless(stop, start - now)
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    concurrency: int = 4
-    rate: Rate | None = None
-    limit: int | None = None  # send at most this many deliveries in this run
-    include_uncertain: bool = True
-    lease_seconds: float = 600.0
-    backoff: Backoff = field(default_factory=Backoff)
-    batch_size: int = 200
-    throttle_pause: float = 1.0  # first pause after a throttling reply; doubles, ≤ 30 s
-    bounce_address: str | None = None  # VERP: each envelope sender is LOCAL+TOKEN@domain
-
-
 class Dispatcher:
-    """One run over one campaign's due deliveries."""
+    """One process's run over one campaign's due deliveries."""
 
     def __init__(
         self,
@@ -141,57 +59,45 @@ class Dispatcher:
         progress: ProgressFn | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.engine = engine
         self.campaign_id = campaign_id
         self.factory = factory
         self.transport = transport
         self.options = options
         self.clock = clock
         self.owner = owner or worker_name()
+        self.recorder = Recorder(engine, self.owner, clock, options.lease_seconds)
         self.progress = progress
-        self.on_signal: Callable[[int], None] | None = None  # also told of Ctrl-C / SIGTERM
-        self.leave_on_second_signal = True  # a worker child leaves that to its parent
         self.rng = rng or random.Random()
         self.tally = Tally()
         self.stop = asyncio.Event()
         self.error: MailerError | None = None
         self._sender = factory.campaign.sender.addr_spec
-        self._queue: asyncio.Queue[store.Claimed | None] = asyncio.Queue()
-        self._again: deque[store.Claimed] = deque()  # requeued after a 421
-        self._held: dict[int, DeliveryState] = {}  # claimed and not yet recorded
-        # When each held delivery's lease ends, as far as this worker knows: it is never sent
-        # once that is near, since another worker may have taken it over (a process paused
-        # longer than its lease, say). Moved on by each renewal that finds it still ours.
-        self._lease_ends: dict[int, datetime] = {}
-        self._results: list[store.Result] = []
+        self._queue: asyncio.Queue[claims.Claimed | None] = asyncio.Queue()
+        self._again: deque[claims.Claimed] = deque()  # requeued after a 421
         self._recorded = asyncio.Event()  # the recorder's own stop: after the senders end
         self._requeues: dict[int, int] = {}
         # Permanent refusals held back while they may be the relay's, not the recipients'.
-        self._refusals: list[tuple[store.Claimed, str, Reply, str, Decision]] = []
+        self._refusals: list[tuple[claims.Claimed, str, Reply, str, Decision]] = []
         self._accepted = False
         self._tripped = False  # REFUSAL_LIMIT reached: the relay refuses us, not them
         self._claimed = 0
         self._throttled = 0
         self._limiter = RateLimiter(options.rate)
-        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailer-db")
 
-    # --- the database thread ---------------------------------------------------------------
-
-    async def _in_db(self, work: Callable[[Any], T]) -> T:
-        def run() -> T:
-            with write_transaction(self.engine) as connection:
-                return work(connection)
-
-        return await asyncio.get_running_loop().run_in_executor(self._db, run)
+    def interrupt(self, signum: int) -> None:
+        """Stop for this signal (Ctrl-C, SIGTERM): the run then exits 128 + signum."""
+        self.tally.interrupted = True
+        self.tally.signal = signum
+        self.stop.set()
 
     # --- the run ---------------------------------------------------------------------------
 
     async def run(self, total: int = 0) -> Tally:
         """Send what is due; raise the whole-run error, if any, after cleaning up."""
-        self.tally = Tally(total=total, started=time.monotonic())
+        self.tally.total, self.tally.started = total, time.monotonic()
         recorder: asyncio.Task[None] | None = None
         senders: list[asyncio.Task[None]] = []
-        outcomes: list[Any] = []
+        ends: list[Any] = []
         try:
             await self.transport.start()
             recorder = asyncio.create_task(self._record_loop())
@@ -204,46 +110,35 @@ class Dispatcher:
         finally:
             for _ in senders:
                 self._queue.put_nowait(None)
-            outcomes = list(await asyncio.gather(*senders, return_exceptions=True))
+            ends = list(await asyncio.gather(*senders, return_exceptions=True))
             self.stop.set()
             self._recorded.set()
             if recorder is not None:
-                outcomes.append((await asyncio.gather(recorder, return_exceptions=True))[0])
+                ends.append((await asyncio.gather(recorder, return_exceptions=True))[0])
             await self._finish()
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome  # a bug: crash loudly, after the cleanup above
+        for end in ends:
+            if isinstance(end, BaseException):
+                raise end  # a bug: crash loudly, after the cleanup above
         if self.error is not None:
             raise self.error
         return self.tally
 
     async def _finish(self) -> None:
-        """Record what was answered, release what was not tried, close the connections.
-
-        A reply that could not be recorded keeps its delivery `sending`: the lease then makes
-        it `uncertain`. It is never released as if it had not been tried.
-        """
+        """Record what was answered, release what was not tried, close the connections."""
         try:
             self._record_refusals()  # fewer than REFUSAL_LIMIT: about the recipients
             try:
-                await self._flush()
+                await self.recorder.flush()
             except MailerError as exc:
                 self._fail(exc)
-            answered = {result.delivery_id for result in self._results}
-            held = [(i, origin) for i, origin in self._held.items() if i not in answered]
-            if held:
-                now = self.clock()
-                try:
-                    self.tally.released += await self._in_db(
-                        lambda c: store.release(c, self.owner, held, now)
-                    )
-                except MailerError as exc:
-                    self._fail(exc)
-                self._held.clear()
+            try:
+                self.tally.released += await self.recorder.release_unanswered()
+            except MailerError as exc:
+                self._fail(exc)
         finally:
             with contextlib.suppress(Exception):
                 await self.transport.close()
-            self._db.shutdown(wait=True)
+            self.recorder.close()
             self._report()
 
     def _fail(self, error: MailerError) -> None:
@@ -274,32 +169,20 @@ class Dispatcher:
             if self._queue.qsize() > low_water:
                 await asyncio.sleep(0.005)
                 continue
-            now = self.clock()
-            result = await self._in_db(
-                partial(
-                    store.claim,
-                    campaign_id=self.campaign_id,
-                    owner=self.owner,
-                    now=now,
-                    lease_seconds=self.options.lease_seconds,
-                    limit=size,
-                    include_uncertain=self.options.include_uncertain,
-                )
+            result = await self.recorder.claim(
+                self.campaign_id, limit=size, include_uncertain=self.options.include_uncertain
             )
             self.tally.skipped += result.skipped
             if not result.claimed and not result.skipped:
                 return
-            lease_ends = now + timedelta(seconds=self.options.lease_seconds)
             for item in result.claimed:
-                self._held[item.delivery_id] = item.origin
-                self._lease_ends[item.delivery_id] = lease_ends
                 self._queue.put_nowait(item)
             self._claimed += len(result.claimed)
         # Stopped: the senders see the event; what stays queued is released in _finish.
 
     # --- sending ---------------------------------------------------------------------------
 
-    async def _next(self) -> store.Claimed | None:
+    async def _next(self) -> claims.Claimed | None:
         if self._again:
             return self._again.popleft()
         return await self._queue.get()
@@ -317,7 +200,7 @@ class Dispatcher:
                 self._fail(exc)
                 return
 
-    async def _send_one(self, item: store.Claimed) -> None:
+    async def _send_one(self, item: claims.Claimed) -> None:
         now = self.clock()
         try:
             # The Date header counts whole seconds: one folded Date serves a whole second.
@@ -328,11 +211,11 @@ class Dispatcher:
             self._record(item, DeliveryState.FAILED, None, f"not sent: {exc.message}", now)
             return
         await self._limiter.wait(self.stop)
-        while len(self._results) >= UNRECORDED_LIMIT and not self.stop.is_set():
+        while self.recorder.backed_up and not self.stop.is_set():
             await asyncio.sleep(0.005)  # the database is slow to commit: wait for it
         if self.stop.is_set():
             return  # left held: released at the end
-        if not self._still_ours(item):
+        if not self.recorder.still_ours(item):
             self.tally.lost += 1
             return  # left held: released at the end if it is still ours after all
         bounce_address = self.options.bounce_address
@@ -349,7 +232,7 @@ class Dispatcher:
         )
         await self._decide(item, reply)
 
-    async def _decide(self, item: store.Claimed, reply: Reply) -> None:
+    async def _decide(self, item: claims.Claimed, reply: Reply) -> None:
         now = self.clock()
         decision = decide(
             reply,
@@ -359,7 +242,7 @@ class Dispatcher:
             backoff=self.options.backoff,
             rng=self.rng,
         )
-        text = _describe(reply)
+        text = describe(reply)
         if decision.throttle:
             self._throttled += 1
             if self._throttled >= THROTTLE_LIMIT:
@@ -379,7 +262,7 @@ class Dispatcher:
                 self.tally.requeued += 1
                 self._again.append(item)
                 pause = min(30.0, self.options.throttle_pause * 2 ** max(self._throttled - 1, 0))
-                await _sleep_unless(self.stop, pause)
+                await sleep_unless(self.stop, pause)
                 return
             decision = decide(  # refused that often: a temporary failure, charged
                 Reply(451, reply.text, reply.stage), attempts=item.attempts + 1,
@@ -396,7 +279,7 @@ class Dispatcher:
         )
 
     def _hold_refusal(
-        self, item: store.Claimed, reply: Reply, text: str, decision: Decision
+        self, item: claims.Claimed, reply: Reply, text: str, decision: Decision
     ) -> bool:
         """Hold back permanent refusals until it is clear they are about the recipients.
 
@@ -431,65 +314,12 @@ class Dispatcher:
                          bounce=decision.bounce)
         self._refusals.clear()
 
-    def _record(
-        self,
-        item: store.Claimed,
-        state: DeliveryState,
-        code: int | None,
-        reply: str,
-        now: Any,
-        *,
-        next_attempt_at: Any = None,
-        bounce: bool = False,
-    ) -> None:
-        self._results.append(
-            store.Result(
-                item.delivery_id,
-                state,
-                now,
-                code,
-                reply,
-                next_attempt_at,
-                item.recipient.id if bounce else None,
-            )
-        )
+    def _record(self, item: claims.Claimed, state: DeliveryState, code: int | None, reply: str,
+                now: datetime, *, next_attempt_at: datetime | None = None,
+                bounce: bool = False) -> None:
+        self.recorder.add(item, state, code, reply, now, next_attempt_at=next_attempt_at,
+                          bounce=bounce)
         self.tally.count(Outcome(state.value))
-
-    def _still_ours(self, item: store.Claimed) -> bool:
-        """Whether the lease leaves time to send it: a margin of a tenth of the lease
-        (at most 30 s) before it ends, for the transaction itself."""
-        margin = timedelta(seconds=min(30.0, self.options.lease_seconds / 10))
-        ends = self._lease_ends.get(item.delivery_id)
-        return ends is not None and self.clock() + margin < ends
-
-    async def _renew(self) -> None:
-        now = self.clock()
-        ours = await self._in_db(partial(
-            store.renew_leases, owner=self.owner, now=now,
-            lease_seconds=self.options.lease_seconds))
-        ends = now + timedelta(seconds=self.options.lease_seconds)
-        for delivery_id in list(self._lease_ends):
-            if delivery_id in ours:
-                self._lease_ends[delivery_id] = ends
-            elif delivery_id in self._held:
-                # Taken over: not ours to send, record or release any more.
-                del self._lease_ends[delivery_id]
-                del self._held[delivery_id]
-
-    # --- recording -------------------------------------------------------------------------
-
-    async def _flush(self) -> None:
-        if not self._results:
-            return
-        batch, self._results = self._results, []
-        try:
-            await self._in_db(lambda c: store.record(c, self.owner, batch))
-        except BaseException:
-            self._results[:0] = batch  # not recorded: never released as untried
-            raise
-        for result in batch:
-            self._held.pop(result.delivery_id, None)
-            self._lease_ends.pop(result.delivery_id, None)
 
     async def _record_loop(self) -> None:
         """Commit outcomes every FLUSH_SECONDS until the senders are done; renew the leases.
@@ -502,10 +332,10 @@ class Dispatcher:
         while True:
             stopping = self._recorded.is_set()
             try:
-                await self._flush()
-                if time.monotonic() - renewed > renew_every and self._held:
+                await self.recorder.flush()
+                if time.monotonic() - renewed > renew_every and self.recorder.held:
                     renewed = time.monotonic()
-                    await self._renew()
+                    await self.recorder.renew()
             except MailerError as exc:
                 self._fail(exc)
                 return
@@ -521,17 +351,3 @@ class Dispatcher:
     def _report(self) -> None:
         if self.progress is not None:
             self.progress(self.tally)
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep, but wake up as soon as `stop` is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-
-
-def _describe(reply: Reply) -> str:
-    """The reply as stored: `250 2.0.0 Ok: queued as ABC` or what happened instead."""
-    if reply.code is None:
-        where = "after the end of DATA" if reply.stage is Stage.DATA_END else f"at {reply.stage}"
-        return f"no reply {where}: {reply.text}"
-    return f"{reply.code} {reply.text}".strip()

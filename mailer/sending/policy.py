@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from mailer.core.config import Settings
 from mailer.core.delivery import Reply, Stage
 from mailer.core.statuscodes import BAD_MAILBOX, enhanced_status
 
@@ -44,11 +45,18 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class Backoff:
-    """When to try a temporarily failed delivery again, and when to give up (seconds)."""
+    """When to try a temporarily failed delivery again, and when to give up (seconds).
 
-    base: float = 300.0  # first retry after 5 minutes
-    cap: float = 14400.0  # doubling, capped at 4 hours
-    max_age: float = 345600.0  # give up 4 days after the first attempt
+    No defaults here: they are Settings' (retry_base_delay, retry_max_delay, retry_max_age).
+    """
+
+    base: float  # the first retry, this long after the first attempt
+    cap: float  # the delay doubles with each attempt, up to this
+    max_age: float  # give up this long after the first attempt
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Backoff:
+        return cls(settings.retry_base_delay, settings.retry_max_delay, settings.retry_max_age)
 
     def delay(self, attempts: int, rng: random.Random) -> float:
         """The wait after the `attempts`-th try (1, 2, ...): base, 2×base, … ≤ cap, plus jitter."""

@@ -1,4 +1,5 @@
-"""`mailer send` and `mailer retry`: from a campaign name to a finished run.
+"""One `mailer send` or `mailer retry` run (`SendRun`): what it was asked (`SendRequest`), its
+one transport and message factory, its worker processes, its stopping, and its `RunReport`.
 
 send:  load and check the campaign → refuse if its templates changed since it was first sent →
        pre-flight the subscribers about to be queued (any problem stops here, before any
@@ -7,42 +8,45 @@ send:  load and check the campaign → refuse if its templates changed since it 
 retry: expire leases → find what is due (pending, deferred whose time has come, uncertain
        unless held) → run the dispatcher per campaign. Exits at once when nothing is due.
 
-Orchestration only: SQL is in `store.deliveries`, the loop in `dispatch`, SMTP in `transport`.
+Orchestration only: SQL is in `store`, the checks before queueing in `prepare`, the loop in
+`dispatch`, the forking in `workers`, signals in `stopping`, SMTP in `smtp`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import os
 import secrets
-import signal
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
-from mailer.core.addresses import clean_address
 from mailer.core.clock import Clock, system_clock
 from mailer.core.config import Rate, Settings
 from mailer.core.delivery import Transport
-from mailer.core.errors import AddressError, ConfigError, InputError, MailerError, NotFoundError
-from mailer.core.people import Recipient
+from mailer.core.errors import InputError, MailerError, NotFoundError
 from mailer.core.states import DeliveryState
-from mailer.messages.campaign import Campaign, load_campaign
+from mailer.messages.campaign import load_campaign
 from mailer.messages.factory import MessageFactory
-from mailer.messages.preflight import PreflightReport, preflight
-from mailer.sending.dispatch import Dispatcher, ProgressFn, RunOptions, Tally
-from mailer.sending.policy import Backoff
-from mailer.sending.workers import check_in_workers, run_workers
-from mailer.store import deliveries as store
-from mailer.store import meta, stats
+from mailer.messages.preflight import PreflightReport
+from mailer.sending.dispatch import Dispatcher
+from mailer.sending.options import ProgressFn, RunOptions, Tally
+from mailer.sending.outbox import OutboxTransport
+from mailer.sending.prepare import (
+    ListCheck,
+    bounce_address,
+    check_not_purged,
+    check_unchanged,
+    fingerprint,
+    snapshot,
+)
+from mailer.sending.stopping import Stopping
+from mailer.sending.workers import CheckProgress, SendingWorkers
+from mailer.store import claims, counts, meta, queueing
 from mailer.store.engine import read_transaction, write_transaction
 
-CheckProgress = Callable[[int, int], None]
+DELIVERIES_PER_WORKER = 100  # fewer due deliveries are sent by this process alone
 
 
 class PreflightFailed(InputError):
@@ -55,6 +59,21 @@ class PreflightFailed(InputError):
             hint=f"see the problems above, or run: mailer preview {report.campaign} --check",
         )
         self.report = report
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """What `mailer send` or `mailer retry` was asked, besides the settings."""
+
+    campaign: str | None = None  # send: the campaign; retry: one campaign, or None for all
+    dry_run: bool = False  # check and count; queue and send nothing
+    limit: int | None = None  # send at most this many deliveries in this run
+    outbox: Path | None = None  # write each message into this folder instead of a relay
+    accept_changes: bool = False  # send the rest with templates changed since the first send
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise InputError("--limit must be at least 1")
 
 
 @dataclass
@@ -93,336 +112,220 @@ class RunReport:
         return data
 
 
-def fingerprint(campaign: Campaign) -> str:
-    """What a campaign's messages are made of: template sources, sender and links."""
-    parts = [
-        campaign.digest,
-        str(campaign.sender),
-        str(campaign.reply_to or ""),
-        campaign.list_id or "",
-        campaign.unsubscribe_url or "",
-        campaign.unsubscribe_mailto or "",
-    ]
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+@dataclass(frozen=True)
+class _Target:
+    """The campaign being sent: what every process's share of it needs."""
+
+    campaign_id: int
+    factory: MessageFactory
+    total: int
 
 
-def _snapshot(campaign: Campaign) -> dict[str, Any]:
-    return {
-        "digest": campaign.digest,
-        "sender": str(campaign.sender),
-        "reply_to": str(campaign.reply_to or ""),
-        "list_id": campaign.list_id,
-        "unsubscribe_url": campaign.unsubscribe_url,
-        "unsubscribe_mailto": campaign.unsubscribe_mailto,
-    }
+class SendRun:
+    """One send or retry run. It builds the transport and each campaign's message factory
+    once, runs the dispatcher here or in `settings.workers` processes (each runs `send_share`
+    on its own forked copy of this object), and owns its stopping (`Stopping`: the first
+    Ctrl-C or SIGTERM stops claiming everywhere, a second one leaves at once)."""
 
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        request: SendRequest,
+        *,
+        check_progress: CheckProgress | None = None,
+        progress: ProgressFn | None = None,
+        clock: Clock = system_clock,
+        owner: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.request = request
+        self.check_progress = check_progress
+        self.progress = progress
+        self.clock = clock
+        self.owner = owner
+        self.options = RunOptions.from_settings(settings, limit=request.limit, bounce_address=None)
+        self.transport: Transport | None = None
+        self._target: _Target | None = None
+        self._stopping = Stopping()
 
-def _check_not_purged(row: store.CampaignRow | None) -> None:
-    if row is not None and row.purged_at is not None:
-        raise InputError(
-            f"campaign {row.name!r} was purged on {row.purged_at:%Y-%m-%d}: its deliveries are "
-            "gone, so sending it again would send everyone a second copy",
-            hint="to send these templates again, copy the folder under a new campaign name",
-        )
+    # --- send --------------------------------------------------------------------------------
 
-
-def _check_unchanged(row: store.CampaignRow | None, current: str, *, accept: bool) -> None:
-    if row is None or row.fingerprint == current or accept:
-        return
-    raise InputError(
-        f"the campaign {row.name!r} has changed since it was first sent on "
-        f"{row.created_at:%Y-%m-%d %H:%M} UTC (templates, sender or unsubscribe links): "
-        "its remaining deliveries would differ from those already sent",
-        hint=f"restore the templates, or send the rest with the new ones: "
-        f"mailer send {row.name} --accept-changes",
-    )
-
-
-def open_transport(settings: Settings, outbox: Path | None, concurrency: int) -> Transport:
-    """The relay pool, or the outbox folder; ConfigError (with a hint) when neither is set."""
-    # Imported here: commands that send nothing do not load aiosmtplib.
-    from mailer.sending.outbox import OutboxTransport
-    from mailer.sending.smtp import SmtpPool
-
-    if outbox is not None:
-        return OutboxTransport(outbox)
-    if not settings.smtp_host:
-        raise ConfigError(
-            "no relay configured: MAILER_SMTP_HOST is not set",
-            hint="set MAILER_SMTP_HOST (and MAILER_SMTP_PORT, MAILER_SMTP_SECURITY), or write "
-            "the messages to a folder instead: --outbox DIR",
-        )
-    return SmtpPool(settings, concurrency=concurrency)
-
-
-def _bounce_address(settings: Settings) -> str | None:
-    """MAILER_BOUNCE_ADDRESS, checked: an ASCII address with room for a token in its local part."""
-    if not settings.bounce_address:
-        return None
-    try:
-        address, _ = clean_address(settings.bounce_address)
-    except AddressError as exc:
-        raise ConfigError(f"MAILER_BOUNCE_ADDRESS {settings.bounce_address!r}: {exc}") from exc
-    local = address.address.rpartition("@")[0]
-    if address.smtputf8 or len(local) > 64 - 40:
-        raise ConfigError(
-            f"MAILER_BOUNCE_ADDRESS {settings.bounce_address!r}: the local part must be ASCII "
-            "and at most 24 characters, to leave room for +TOKEN"
-        )
-    return address.address
-
-
-def run_options(settings: Settings, *, limit: int | None, include_uncertain: bool) -> RunOptions:
-    return RunOptions(
-        bounce_address=_bounce_address(settings),
-        concurrency=settings.concurrency,
-        rate=settings.rate,
-        limit=limit,
-        include_uncertain=include_uncertain,
-        lease_seconds=settings.lease_seconds,
-        backoff=Backoff(settings.retry_base_delay, settings.retry_max_delay,
-                        settings.retry_max_age),
-    )
-
-
-@contextlib.contextmanager
-def _stop_on_signals(dispatcher: Dispatcher) -> Iterator[None]:
-    """Ctrl-C and SIGTERM stop claiming; what is in flight finishes and is recorded."""
-    loop = asyncio.get_running_loop()
-    installed = []
-
-    def stop(signum: int) -> None:
-        again = dispatcher.stop.is_set() and bool(dispatcher.tally.signal)
-        if dispatcher.on_signal is not None:
-            dispatcher.on_signal(signum)  # the other worker processes, if any
-        if again:
-            if dispatcher.leave_on_second_signal:
-                # A second Ctrl-C: leave now, without waiting for a slow relay. What is held
-                # stays `sending` and becomes `uncertain` when its lease expires: safe.
-                os.write(2, b"Stopped at once: the deliveries in flight become uncertain "
-                            b"and `mailer retry` resends them once their lease expires.\n")
-                os._exit(128 + signum)
-            return
-        dispatcher.tally.interrupted = True
-        dispatcher.tally.signal = signum
-        dispatcher.stop.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, stop, signum)
-            installed.append(signum)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread (tests call this from threads): no handler
-    try:
-        yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
-
-
-def run_dispatcher(dispatcher: Dispatcher, total: int) -> Tally:
-    async def main() -> Tally:
-        with _stop_on_signals(dispatcher):
-            return await dispatcher.run(total)
-
-    return asyncio.run(main())
-
-
-def send(
-    settings: Settings,
-    engine: Engine,
-    name: str,
-    *,
-    dry_run: bool = False,
-    limit: int | None = None,
-    outbox: Path | None = None,
-    accept_changes: bool = False,
-    check_progress: CheckProgress | None = None,
-    progress: ProgressFn | None = None,
-    clock: Clock = system_clock,
-    owner: str | None = None,
-) -> RunReport:
-    campaign = load_campaign(settings, name)
-    current = fingerprint(campaign)
-    transport = None if dry_run else open_transport(settings, outbox, settings.concurrency)
-    report = RunReport(name, transport.description if transport else "", dry_run=dry_run)
-    include_uncertain = settings.uncertain == "resend"
-    # Checking and queueing, one process at a time per campaign (PostgreSQL): workers that
-    # start together do not all check the same list; the later ones find it queued.
-    with store.campaign_lock(engine, name):
-        with write_transaction(engine) as connection:
-            secret = meta.token_secret(connection, settings.secret)
-            row = store.find_campaign(connection, name)
-        _check_not_purged(row)
-        _check_unchanged(row, current, accept=accept_changes)
-        report.check = _preflight(
-            engine, settings, MessageFactory(campaign, secret, row.nonce if row else "preflight"),
-            row.id if row else None, recheck=row is not None and row.fingerprint != current,
-            date=clock(), progress=check_progress,
-        )
-        if not report.check.ok:
-            raise PreflightFailed(report.check)
-        if dry_run:
-            with read_transaction(engine) as connection:
-                report.queued = store.count_to_check(
-                    connection, row.id if row else None, unqueued_only=True
+    def send(self) -> RunReport:
+        """Check, queue and send one campaign; nothing is ever sent twice."""
+        name = self.request.campaign
+        assert name is not None
+        campaign = load_campaign(self.settings, name)
+        current = fingerprint(campaign)
+        transport = None if self.request.dry_run else self._open_transport()
+        report = RunReport(name, transport.description if transport else "",
+                           dry_run=self.request.dry_run)
+        # Checking and queueing, one process at a time per campaign (PostgreSQL): workers that
+        # start together do not all check the same list; the later ones find it queued.
+        with queueing.campaign_lock(self.engine, name):
+            with write_transaction(self.engine) as connection:
+                secret = meta.token_secret(connection, self.settings.secret)
+                row = queueing.find_campaign(connection, name)
+            check_not_purged(row)
+            check_unchanged(row, current, accept=self.request.accept_changes)
+            # A new campaign's nonce is drawn now, so that the pre-flight makes the very
+            # messages the run sends. (Should another process create the row first, its
+            # nonce is in every queued Message-ID, which the dispatcher always passes.)
+            nonce = row.nonce if row else secrets.token_hex(6)
+            factory = MessageFactory(campaign, secret, nonce)
+            check = ListCheck(factory, row.id if row else None,
+                              recheck=row is not None and row.fingerprint != current,
+                              date=self.clock())
+            report.check = check.run(self.engine, self.settings.workers, self.check_progress)
+            if not report.check.ok:
+                raise PreflightFailed(report.check)
+            if self.request.dry_run:
+                return self._count_dry_run(report, row)
+            with write_transaction(self.engine) as connection:
+                now = self.clock()
+                if row is None:
+                    row = queueing.create_campaign(
+                        connection, name, fingerprint=current, nonce=nonce,
+                        sender=campaign.sender.addr_spec, snapshot=snapshot(campaign), now=now,
+                    )
+                    check_unchanged(row, current, accept=False)  # made by another process
+                elif row.fingerprint != current:
+                    queueing.accept_changes(connection, row.id, current, snapshot(campaign), now)
+                report.queued = queueing.enqueue(connection, row, campaign.sender_domain, now)
+                claims.expire_leases(connection, now, row.id)
+                report.due = claims.count_due(
+                    connection, row.id, now, self.options.include_uncertain
                 )
-                report.due = report.queued + (
-                    store.count_due(connection, row.id, clock(), True) if row else 0
-                )
-                report.status = (
-                    (stats.campaign_status(connection, name) if row else None)
-                    or _empty_status(name)
-                )
-            return report
-        assert transport is not None
-        with write_transaction(engine) as connection:
-            now = clock()
-            if row is None:
-                row = store.create_campaign(
-                    connection, name, fingerprint=current, nonce=secrets.token_hex(6),
-                    sender=campaign.sender.addr_spec, snapshot=_snapshot(campaign), now=now,
-                )
-                _check_unchanged(row, current, accept=False)  # made by another process
-            elif row.fingerprint != current:
-                store.accept_changes(connection, row.id, current, _snapshot(campaign), now)
-            report.queued = store.enqueue(connection, row, campaign.sender_domain, now)
-            store.expire_leases(connection, now, row.id)
-            report.due = store.count_due(connection, row.id, now, include_uncertain)
-    report.tally = _run(engine, row, MessageFactory(campaign, secret, row.nonce), settings, outbox,
-                        limit=limit, include_uncertain=include_uncertain, progress=progress,
-                        clock=clock, owner=owner, total=report.due)
-    with read_transaction(engine) as connection:
-        report.status = stats.campaign_status(connection, name) or _empty_status(name)
-    return report
+        report.tally = self._dispatch(_Target(row.id, factory, report.due))
+        with read_transaction(self.engine) as connection:
+            report.status = counts.campaign_status(connection, name) or _empty_status(name)
+        return report
 
-
-def _preflight(
-    engine: Engine,
-    settings: Settings,
-    factory: MessageFactory,
-    campaign_id: int | None,
-    *,
-    recheck: bool,
-    date: Any,
-    progress: CheckProgress | None,
-) -> PreflightReport:
-    """Make the message of everyone not yet queued (after a template change: of everyone
-    still to send), in `settings.workers` processes for a long list."""
-    with read_transaction(engine) as connection:
-        total = store.count_to_check(connection, campaign_id, unqueued_only=not recheck)
-
-    def check(index: int, count: int, check_engine: Engine,
-              progress: CheckProgress | None) -> PreflightReport:
-        with read_transaction(check_engine) as connection:
-            recipients = (
-                Recipient.from_row(r)
-                for r in store.recipients_to_check(
-                    connection, campaign_id, unqueued_only=not recheck, shard=(index, count)
-                )
+    def _count_dry_run(self, report: RunReport, row: queueing.CampaignRow | None) -> RunReport:
+        name = report.campaign
+        with read_transaction(self.engine) as connection:
+            report.queued = queueing.count_to_check(
+                connection, row.id if row else None, unqueued_only=True
             )
-            return preflight(factory, recipients, date=date, total=total, progress=progress)
+            report.due = report.queued + (claims.count_due(
+                connection, row.id, self.clock(), self.options.include_uncertain
+            ) if row else 0)
+            report.status = (
+                (counts.campaign_status(connection, name) if row else None) or _empty_status(name)
+            )
+        return report
 
-    workers = min(settings.workers, max(1, total // 2000))
-    if workers <= 1:
-        return check(0, 1, engine, progress)
-    return check_in_workers(engine, workers, check, progress)
+    # --- retry -------------------------------------------------------------------------------
 
+    def retry(self) -> list[RunReport]:
+        """Send what is due in one campaign, or in every campaign; [] when nothing is due."""
+        name = self.request.campaign
+        include_uncertain = self.options.include_uncertain
+        with write_transaction(self.engine) as connection:
+            now = self.clock()
+            claims.expire_leases(connection, now)
+            if name is not None and queueing.find_campaign(connection, name) is None:
+                raise NotFoundError(
+                    f"unknown campaign {name!r}",
+                    hint=f"a campaign exists once `mailer send {name}` has queued it",
+                )
+            due = claims.due_campaigns(connection, now, include_uncertain=include_uncertain)
+            secret = meta.token_secret(connection, self.settings.secret)
+        names = [n for n in due if name is None or n == name]
+        reports: list[RunReport] = []
+        if not names:
+            return reports
+        description = self._open_transport().description
+        for campaign_name in names:
+            report = RunReport(campaign_name, description)
+            try:
+                campaign = load_campaign(self.settings, campaign_name)
+                with read_transaction(self.engine) as connection:
+                    row = queueing.find_campaign(connection, campaign_name)
+                    assert row is not None
+                    check_unchanged(row, fingerprint(campaign), accept=False)
+                    report.due = claims.count_due(
+                        connection, row.id, self.clock(), include_uncertain
+                    )
+            except (InputError, NotFoundError) as exc:
+                # This campaign's folder is gone or changed: say so, and go on with the others
+                # (one broken campaign must not keep cron from the rest).
+                report.error = exc
+                reports.append(report)
+                continue
+            factory = MessageFactory(campaign, secret, row.nonce)
+            report.tally = self._dispatch(_Target(row.id, factory, report.due))
+            with read_transaction(self.engine) as connection:
+                report.status = counts.campaign_status(connection, campaign_name) or {}
+            reports.append(report)
+            if report.tally.interrupted:
+                break
+        return reports
 
-def _run(
-    engine: Engine,
-    row: store.CampaignRow,
-    factory: MessageFactory,
-    settings: Settings,
-    outbox: Path | None,
-    *,
-    limit: int | None,
-    include_uncertain: bool,
-    progress: ProgressFn | None,
-    clock: Clock,
-    owner: str | None,
-    total: int,
-) -> Tally:
-    """One dispatcher, or `settings.workers` of them in as many processes."""
-    if total == 0:
-        return Tally()
-    options = run_options(settings, limit=limit, include_uncertain=include_uncertain)
+    # --- the way out -------------------------------------------------------------------------
 
-    def build(index: int, worker_engine: Engine, connections: int, share: float) -> Dispatcher:
-        rate = settings.rate
-        return Dispatcher(
-            worker_engine, row.id, factory, open_transport(settings, outbox, connections),
-            replace(options, concurrency=connections,
-                    rate=Rate(rate.count * share, rate.seconds) if rate else None),
-            clock=clock, owner=owner if index == 0 else None, progress=progress,
+    def _open_transport(self) -> Transport:
+        """The run's one transport, and the envelope's bounce address: both checked before
+        anything is queued. Every --workers process sends through its forked copy of it (no
+        connection is open when the children are forked)."""
+        if self.transport is not None:
+            return self.transport
+        self.options = replace(self.options, bounce_address=bounce_address(self.settings))
+        if self.request.outbox is not None:
+            self.transport = OutboxTransport(self.request.outbox)
+        else:
+            # Imported here: commands that send nothing do not load aiosmtplib.
+            from mailer.sending.smtp import SmtpPool
+
+            self.transport = SmtpPool(self.settings, concurrency=self.settings.concurrency)
+        return self.transport
+
+    # --- dispatching -------------------------------------------------------------------------
+
+    def _dispatch(self, target: _Target) -> Tally:
+        """One dispatcher, or `settings.workers` of them in as many processes."""
+        if target.total == 0:
+            return Tally()
+        self._target = target
+        concurrency = self.settings.concurrency
+        count = min(self.settings.workers, concurrency,
+                    max(1, target.total // DELIVERIES_PER_WORKER))
+        if count <= 1 or self.request.limit is not None:
+            return self.send_share(0, self.engine, concurrency, self.progress)
+        workers = SendingWorkers(self.engine, count, concurrency, self, self.progress)
+        workers.start()
+        own: Tally | None = None
+        error: MailerError | None = None
+        with self._stopping.passing_on(workers):
+            try:
+                own = self.send_share(0, self.engine, workers.connections[0], workers.report)
+            except MailerError as exc:
+                error = exc
+            return workers.finish(own, error)
+
+    def send_share(
+        self, index: int, engine: Engine, connections: int, progress: ProgressFn | None
+    ) -> Tally:
+        """This process's share of the campaign: `connections` of the run's connections and
+        as much of its rate. Run here (index 0), and by each forked worker on its copy."""
+        target, transport = self._target, self.transport
+        assert target is not None
+        assert transport is not None
+        if index > 0:
+            self._stopping.in_worker = True
+        rate = self.options.rate
+        share = connections / self.settings.concurrency
+        options = replace(self.options, concurrency=connections,
+                          rate=Rate(rate.count * share, rate.seconds) if rate else None)
+        dispatcher = Dispatcher(
+            engine, target.campaign_id, target.factory, transport, options,
+            clock=self.clock, owner=self.owner if index == 0 else None, progress=progress,
         )
-
-    workers = min(settings.workers, settings.concurrency, max(1, total // 100))
-    if workers <= 1 or limit is not None:
-        return run_dispatcher(build(0, engine, settings.concurrency, 1.0),
-                              min(total, limit) if limit else total)
-    return run_workers(engine, workers, settings.concurrency, total, build, run_dispatcher,
-                       progress)
+        total = min(target.total, options.limit) if options.limit else target.total
+        return asyncio.run(self._stopping.run(dispatcher, total))
 
 
 def _empty_status(name: str) -> dict[str, Any]:
     return {"campaign": name, "total": 0,
             "counts": {state.value: 0 for state in DeliveryState}, "next_attempt_at": None}
-
-
-def retry(
-    settings: Settings,
-    engine: Engine,
-    name: str | None = None,
-    *,
-    outbox: Path | None = None,
-    progress: ProgressFn | None = None,
-    clock: Clock = system_clock,
-    owner: str | None = None,
-) -> list[RunReport]:
-    """Send what is due in one campaign, or in every campaign; [] when nothing is due."""
-    include_uncertain = settings.uncertain == "resend"
-    with write_transaction(engine) as connection:
-        now = clock()
-        store.expire_leases(connection, now)
-        if name is not None and store.find_campaign(connection, name) is None:
-            raise NotFoundError(
-                f"unknown campaign {name!r}",
-                hint=f"a campaign exists once `mailer send {name}` has queued it",
-            )
-        due = store.due_campaigns(connection, now, include_uncertain=include_uncertain)
-        secret = meta.token_secret(connection, settings.secret)
-    names = [n for n in due if name is None or n == name]
-    reports: list[RunReport] = []
-    if not names:
-        return reports
-    description = open_transport(settings, outbox, settings.concurrency).description
-    for campaign_name in names:
-        report = RunReport(campaign_name, description)
-        try:
-            campaign = load_campaign(settings, campaign_name)
-            with read_transaction(engine) as connection:
-                row = store.find_campaign(connection, campaign_name)
-                assert row is not None
-                _check_unchanged(row, fingerprint(campaign), accept=False)
-                report.due = total = store.count_due(
-                    connection, row.id, clock(), include_uncertain
-                )
-        except (InputError, NotFoundError) as exc:
-            # This campaign's folder is gone or changed: say so, and go on with the others
-            # (one broken campaign must not keep cron from the rest).
-            report.error = exc
-            reports.append(report)
-            continue
-        report.tally = _run(
-            engine, row, MessageFactory(campaign, secret, row.nonce), settings, outbox,
-            limit=None, include_uncertain=include_uncertain,
-            progress=progress,
-            clock=clock, owner=owner, total=total,
-        )
-        with read_transaction(engine) as connection:
-            report.status = stats.campaign_status(connection, campaign_name) or {}
-        reports.append(report)
-        if report.tally.interrupted:
-            break
-    return reports

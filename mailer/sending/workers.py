@@ -1,15 +1,15 @@
-"""Several sending processes on one machine (`--workers N`), to use more than one core.
+"""Several processes on one machine (`--workers N`), to use more than one core: the forking,
+the channel back to the parent, the merged progress and the first error of any of them.
 
 Rendering and the SMTP client are CPU-bound Python: one process uses one core. With N workers
 the run forks N-1 children after the deliveries are queued; each opens its own database
 connection and its own SMTP connections and claims batches like any other worker (leases make
 that safe: it is the same mechanism as several machines sharing PostgreSQL). The connections
 and the rate are shared out: N workers with --concurrency K and --rate R open K in all and
-send at R in all.
-
-The parent draws the progress of all of them (each child sends its tally every flush), stops
-them all on Ctrl-C or SIGTERM (the signal is passed on), and reports the first whole-run error
-any of them met. A child that dies leaves its claimed deliveries to expire into `uncertain`.
+send at R in all. Each child runs the run's own method on its share (`Sender.send_share`,
+`Checker.check_share`); what a signal does is the run's to decide (mailer.sending.run), this
+module only passes it on. A child that dies leaves its claimed deliveries to expire into
+`uncertain`.
 """
 
 from __future__ import annotations
@@ -18,26 +18,38 @@ import contextlib
 import multiprocessing
 import os
 import queue as queue_module
-import signal
 from collections.abc import Callable
 from dataclasses import asdict, fields
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
 from mailer.core.errors import MailerError, WorkerError, WorkerReportedError
 from mailer.messages.preflight import PreflightReport
-from mailer.sending.dispatch import Dispatcher, ProgressFn, Tally
+from mailer.sending.options import ProgressFn, Tally
 from mailer.store.engine import open_engine
 
-# (worker index, its engine, its share of the connections, of the rate) -> its dispatcher
-Build = Callable[[int, Engine, int, float], Dispatcher]
-Run = Callable[[Dispatcher, int], Tally]
-# (worker index, worker count, its engine, progress or None) -> the report on its share
-Check = Callable[[int, int, Engine, Callable[[int, int], None] | None], PreflightReport]
+CheckProgress = Callable[[int, int], None]
 # What a child does: (its index, its own engine, the channel to the parent) -> its result
 Work = Callable[[int, Engine, Any], Any]
 _COUNTS = ("sent", "deferred", "failed", "uncertain", "skipped", "released", "requeued", "lost")
+
+
+class Sender(Protocol):
+    """What each sending process runs (mailer.sending.run.SendRun)."""
+
+    def send_share(
+        self, index: int, engine: Engine, connections: int, progress: ProgressFn | None
+    ) -> Tally: ...
+
+
+class Checker(Protocol):
+    """What each pre-flight process runs (mailer.sending.prepare.ListCheck)."""
+
+    def check_share(
+        self, index: int, count: int, engine: Engine, progress: CheckProgress | None
+    ) -> PreflightReport: ...
 
 
 def shares(total: int, parts: int) -> list[int]:
@@ -106,107 +118,113 @@ class _Children:
                 process.kill()
 
 
-def run_workers(
-    engine: Engine,
-    workers: int,
-    concurrency: int,
-    total: int,
-    build: Build,
-    run: Run,
-    progress: ProgressFn | None,
-) -> Tally:
-    """Run `workers` dispatchers (this process and workers-1 forked children); sum them."""
-    connections = shares(concurrency, workers)
+def _put_tally(channel: Any, index: int, tally: Tally) -> None:
+    channel.put(("tally", index, asdict(tally)))
 
-    def work(index: int, child_engine: Engine, channel: Any) -> dict[str, Any]:
-        def report(tally: Tally) -> None:
-            channel.put(("tally", index, asdict(tally)))
 
-        dispatcher = build(index, child_engine, connections[index],
-                           connections[index] / concurrency)
-        dispatcher.progress = report
-        dispatcher.leave_on_second_signal = False  # the parent decides, and kills
-        return asdict(run(dispatcher, total))
+def _send_in_child(
+    sender: Sender, connections: list[int], index: int, engine: Engine, channel: Any
+) -> dict[str, Any]:
+    progress = partial(_put_tally, channel, index)  # each flush's tally, for the parent's bar
+    return asdict(sender.send_share(index, engine, connections[index], progress))
 
-    children = _Children(engine, workers, work)
-    latest: dict[int, Tally] = {}
-    finished: dict[int, Tally] = {}
-    errors: list[MailerError] = []
 
-    def drain(timeout: float | None = None) -> None:
-        for kind, index, data in children.messages(timeout):
+class SendingWorkers:
+    """`count` sending processes: this one (share 0, run by the caller) and count-1 forked
+    children, each running `sender.send_share` on its share of the connections."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        count: int,
+        concurrency: int,
+        sender: Sender,
+        progress: ProgressFn | None,
+    ) -> None:
+        self.connections = shares(concurrency, count)
+        self._engine = engine
+        self._count = count
+        self._sender = sender
+        self._progress = progress
+        self._children: _Children | None = None
+        self._latest: dict[int, Tally] = {}
+        self._finished: dict[int, Tally] = {}
+        self._errors: list[MailerError] = []
+
+    def start(self) -> None:
+        """Fork the children; they start sending at once."""
+        self._children = _Children(
+            self._engine, self._count, partial(_send_in_child, self._sender, self.connections)
+        )
+
+    def signal(self, signum: int) -> None:
+        if self._children is not None:
+            self._children.signal(signum)
+
+    def report(self, own: Tally) -> None:
+        """The progress of share 0, drawn with the children's latest."""
+        if self._progress is not None:
+            self._progress(self._merged(own))
+
+    def finish(self, own: Tally | None, error: MailerError | None = None) -> Tally:
+        """Wait for every child; the sum of every share, or the first whole-run error (this
+        process's `error` first)."""
+        children = self._children
+        assert children is not None
+        if error is not None:
+            self._errors.insert(0, error)
+        while any(process.is_alive() for process in children.processes):
+            self._drain(timeout=0.1)
+        children.stop(wait=5)  # all have exited: reap them
+        self._drain()
+        for index, process in enumerate(children.processes, start=1):
+            if index not in self._finished and process.exitcode != 0:
+                self._errors.append(WorkerError(
+                    f"a sending worker process died (exit status {process.exitcode}); the "
+                    "deliveries it held are resent by `mailer retry` once their lease expires"
+                ))
+        if self._errors:
+            raise self._errors[0]
+        result = self._merged(own or Tally())
+        every = [own or Tally(), *self._finished.values()]
+        result.interrupted = any(t.interrupted for t in every)
+        result.signal = next((t.signal for t in every if t.signal), 0)
+        return result
+
+    def _drain(self, timeout: float | None = None) -> None:
+        assert self._children is not None
+        for kind, index, data in self._children.messages(timeout):
             if kind == "error":
-                errors.append(WorkerReportedError(*data))
-                finished.setdefault(index, Tally())
+                self._errors.append(WorkerReportedError(*data))
+                self._finished.setdefault(index, Tally())
             else:
-                latest[index] = _tally(data)
+                self._latest[index] = _tally(data)
                 if kind == "done":
-                    finished[index] = latest[index]
+                    self._finished[index] = self._latest[index]
 
-    def merged(own: Tally) -> Tally:
-        drain()
+    def _merged(self, own: Tally) -> Tally:
+        self._drain()
         combined = Tally(total=own.total, started=own.started, interrupted=own.interrupted,
                          signal=own.signal)
-        for tally in [own, *latest.values()]:
+        for tally in [own, *self._latest.values()]:
             for name in _COUNTS:
                 setattr(combined, name, getattr(combined, name) + getattr(tally, name))
         return combined
 
-    def report(own: Tally) -> None:
-        if progress is not None:
-            progress(merged(own))
 
-    signals = 0
-
-    def forward(signum: int, _frame: Any) -> None:
-        """The first signal asks the children to stop cleanly; a second one ends them."""
-        nonlocal signals
-        signals += 1
-        children.signal(signum if signals == 1 else signal.SIGKILL)
-
-    own_dispatcher = build(0, engine, connections[0], connections[0] / concurrency)
-    own_dispatcher.progress = report
-    own_dispatcher.on_signal = lambda signum: forward(signum, None)  # during the loop
-    previous = signal.signal(signal.SIGTERM, forward)  # before and after it
-    own: Tally | None = None
-    try:
-        try:
-            own = run(own_dispatcher, total)
-        except MailerError as exc:
-            errors.insert(0, exc)
-        signal.signal(signal.SIGTERM, forward)  # the loop's removal reset it to the default
-        while any(process.is_alive() for process in children.processes):
-            drain(timeout=0.1)
-        children.stop(wait=5)  # all have exited: reap them
-        drain()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    for index, process in enumerate(children.processes, start=1):
-        if index not in finished and process.exitcode != 0:
-            errors.append(WorkerError(
-                f"a sending worker process died (exit status {process.exitcode}); the "
-                "deliveries it held are resent by `mailer retry` once their lease expires"
-            ))
-    if errors:
-        raise errors[0]
-    result = merged(own or Tally())
-    every = [own or Tally(), *finished.values()]
-    result.interrupted = any(t.interrupted for t in every)
-    result.signal = next((t.signal for t in every if t.signal), 0)
-    return result
+def _check_in_child(checker: Checker, count: int, index: int, engine: Engine,
+                    _channel: Any) -> PreflightReport:
+    return checker.check_share(index, count, engine, None)
 
 
 def check_in_workers(
     engine: Engine,
     workers: int,
-    check: Check,
-    progress: Callable[[int, int], None] | None,
+    checker: Checker,
+    progress: CheckProgress | None,
 ) -> PreflightReport:
     """The pre-flight of the whole list, its shares checked by `workers` processes at once."""
-    children = _Children(
-        engine, workers, lambda index, child_engine, _channel: check(index, workers,
-                                                                     child_engine, None)
-    )
+    children = _Children(engine, workers, partial(_check_in_child, checker, workers))
 
     def scaled(done: int, total: int) -> None:
         if progress is not None:
@@ -214,7 +232,7 @@ def check_in_workers(
 
     finished = False
     try:
-        report = check(0, workers, engine, scaled)
+        report = checker.check_share(0, workers, engine, scaled)
         results: dict[int, PreflightReport] = {}
         while len(results) < len(children.processes):
             for kind, index, data in children.messages(timeout=0.5):

@@ -1,0 +1,104 @@
+"""A dispatcher's terms: how it is to send (RunOptions, the rate limiter) and the account it
+gives back (Tally, passed to a ProgressFn after each flush).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailer.core.config import Rate, Settings
+from mailer.sending.policy import Backoff, Outcome
+
+# RunOptions' defaults are the settings' defaults, written once, in Settings.
+_DEFAULTS = Settings()
+_DEFAULT_BACKOFF = Backoff.from_settings(_DEFAULTS)
+
+
+@dataclass
+class Tally:
+    """What this run did, for the progress bar and the summary."""
+
+    total: int = 0  # deliveries due when the run started (the progress bar's length)
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    uncertain: int = 0
+    skipped: int = 0
+    released: int = 0
+    requeued: int = 0
+    lost: int = 0  # claimed, then not sent: the lease ran out first (a paused process)
+    started: float = 0.0
+    interrupted: bool = False
+    signal: int = 0  # the signal that stopped the run (SIGINT, SIGTERM), if any
+
+    @property
+    def done(self) -> int:
+        return self.sent + self.deferred + self.failed + self.uncertain + self.skipped
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started if self.started else 0.0
+
+    def count(self, outcome: Outcome) -> None:
+        name = outcome.value
+        setattr(self, name, getattr(self, name) + 1)
+
+
+ProgressFn = Callable[[Tally], None]
+
+
+class RateLimiter:
+    """At most `rate` message starts per second, spread evenly (no bursts)."""
+
+    def __init__(self, rate: Rate | None) -> None:
+        self.interval = 1.0 / rate.per_second if rate else 0.0
+        self._next = 0.0
+
+    async def wait(self, stop: asyncio.Event) -> None:
+        """Until this message's slot, or until `stop` is set."""
+        if not self.interval:
+            return
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + self.interval
+        if start > now:
+            await sleep_unless(stop, start - now)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one dispatcher sends: `from_settings` for a run, field by field in tests."""
+
+    concurrency: int = _DEFAULTS.concurrency
+    rate: Rate | None = _DEFAULTS.rate
+    limit: int | None = None  # send at most this many deliveries in this run
+    include_uncertain: bool = _DEFAULTS.uncertain == "resend"
+    lease_seconds: float = _DEFAULTS.lease_seconds
+    backoff: Backoff = _DEFAULT_BACKOFF
+    batch_size: int = 200
+    throttle_pause: float = 1.0  # first pause after a throttling reply; doubles, ≤ 30 s
+    bounce_address: str | None = None  # VERP: each envelope sender is LOCAL+TOKEN@domain
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, limit: int | None, bounce_address: str | None
+    ) -> RunOptions:
+        return cls(
+            concurrency=settings.concurrency,
+            rate=settings.rate,
+            limit=limit,
+            include_uncertain=settings.uncertain == "resend",
+            lease_seconds=settings.lease_seconds,
+            backoff=Backoff.from_settings(settings),
+            bounce_address=bounce_address,
+        )
+
+
+async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep, but wake up as soon as `stop` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -52,6 +52,9 @@ _ERRORS: dict[int, tuple[str, str]] = {
     405: ("Méthode non autorisée",
           "Cette page s’ouvre dans un navigateur ; la désinscription se confirme avec son "
           "bouton."),
+    413: ("Demande trop volumineuse",
+          "Cette demande est trop longue pour une demande de désinscription ; rien n’a été "
+          "changé. Ouvrez le lien reçu dans le message et utilisez le bouton de la page."),
     500: ("Erreur inattendue",
           "Une erreur inattendue est survenue ; rien n’a été changé. Réessayez dans quelques "
           "minutes."),
@@ -112,6 +115,12 @@ def error(status: int, headers: dict[str, str] | None = None) -> Page:
     """The page of an HTTP error (400, 404, 405, 500, 503, …)."""
     title, text = _ERRORS.get(status, (f"Erreur {status}", "La demande n’a pas abouti."))
     return _page("error.html", status, headers, title=title, text=text)
+
+
+def too_large() -> Page:
+    """A body or a form over the limits: 413, and the connection closed (the rest of the
+    body, if any is still coming, is not read)."""
+    return error(413, {"Connection": "close"})
 
 
 def unavailable() -> Page:

@@ -2,7 +2,8 @@
 
 Plain HTTP on the loopback by default: a reverse proxy with TLS goes in front of it for the
 public https URL. uvicorn's access log is off (it would log tokens); the app's middleware
-writes one with tokens masked.
+writes one with tokens masked. The connections are bounded by the app's `Limits`: headers'
+size, a deadline for each request, the keep-alive, how many are open (`connections`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from mailer.core.clock import Clock, system_clock
 from mailer.core.config import Settings
 from mailer.core.errors import ConfigError, MailerError
 from mailer.web.application import create_app
+from mailer.web.connections import protocol_for
+from mailer.web.limits import Limits
 from mailer.web.routes import UnsubscribeRoute
 
 
@@ -69,6 +72,7 @@ class Server:
         loggers); None leaves logging as it is (tests, an embedding program)."""
         self.app = app
         self.socket = sock
+        limits: Limits = app.state.limits
         config = uvicorn.Config(
             app,
             log_level=log_level,
@@ -78,6 +82,11 @@ class Server:
             server_header=False,
             timeout_graceful_shutdown=10,  # a stuck client does not hold up a stop
             proxy_headers=False,  # nothing here depends on the client's address or scheme
+            # h11 always (httptools, if installed, would not have the guards), no WebSocket.
+            http=protocol_for(limits),
+            ws="none",
+            timeout_keep_alive=limits.keep_alive,
+            h11_max_incomplete_event_size=limits.max_header_bytes,
         )
         self.uvicorn = uvicorn.Server(config)
         self._thread: threading.Thread | None = None

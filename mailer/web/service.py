@@ -1,7 +1,9 @@
 """The unsubscribe page's database side: one engine, the token check, the status change.
 
-Synchronous: the app calls it in Starlette's thread pool. Database errors come out as
-MailerErrors, which the app shows as its 503 page.
+Synchronous: the app calls it through `gate`, in threads of its own. Database errors come out
+as MailerErrors, which the app shows as its 503 page. The server's engine waits for another
+process's write lock only `lock_wait` seconds, not the 30 s a command waits: a page that
+cannot be answered soon is a 503 the client retries, not a request holding its connection.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from mailer.core.clock import Clock
 from mailer.core.config import Settings
@@ -42,8 +45,9 @@ class Database:
     request and the server recovers by itself when the database comes back.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, lock_wait: float = 5.0) -> None:
         self._settings = settings
+        self._lock_wait_ms = max(1, round(lock_wait * 1000))
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._secret: bytes | None = None
@@ -57,6 +61,8 @@ class Database:
         with self._lock:
             if self._engine is None:
                 self._engine = open_engine(self._settings.database_url)  # ConfigError: fatal
+                # After the engine's own "connect" listener, which sets the commands' 30 s.
+                event.listen(self._engine, "connect", self._shorten_lock_wait)
             if self._secret is None:
                 recent = time.monotonic() - self._failed_at < _DATABASE_RETRY_SECONDS
                 if self._failure is not None and recent:
@@ -73,6 +79,15 @@ class Database:
                 self._failure = None
             return self._engine, self._secret
 
+    def _shorten_lock_wait(self, dbapi_connection: Any, _record: Any) -> None:
+        assert self._engine is not None
+        if self._engine.dialect.name == "sqlite":
+            dbapi_connection.execute(f"PRAGMA busy_timeout = {self._lock_wait_ms}")
+        elif self._engine.dialect.name == "postgresql":
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET lock_timeout = {self._lock_wait_ms}")
+            dbapi_connection.commit()
+
     def close(self) -> None:
         with self._lock:
             if self._engine is not None:
@@ -82,6 +97,21 @@ class Database:
     @property
     def where(self) -> str:
         return describe(self._settings.database_url)
+
+
+def waits_for_lock(exc: MailerError) -> bool:
+    """Whether `exc` is the lock wait running out (another process is writing), as opposed
+    to a database that is down: the same causes the store's translation recognises."""
+    cause = exc.__cause__
+    if not isinstance(exc, DatabaseError) or cause is None:
+        return False
+    # The driver's error, as such or inside SQLAlchemy's (which path depends on where it hit).
+    for error in (cause, getattr(cause, "orig", None)):
+        if getattr(error, "sqlstate", None) == "55P03":  # PostgreSQL lock_timeout
+            return True
+        if error is not None and "database is locked" in str(error):  # SQLite busy_timeout
+            return True
+    return False
 
 
 @dataclass(frozen=True)

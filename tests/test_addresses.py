@@ -197,6 +197,35 @@ def test_full_name_is_split_into_first_and_last(
     assert split_full_name(full) == expected
 
 
+@pytest.mark.parametrize(
+    ("full", "expected"),
+    [
+        ("Durand, Michel", ("Michel", "Durand")),
+        ("DURAND, Michel", ("Michel", "DURAND")),
+        ("Le Goff,Anne-Marie", ("Anne-Marie", "Le Goff")),
+        ("de La Fontaine , Jean", ("Jean", "de La Fontaine")),
+        ("Durand, Michel, Jr.", ("Michel Jr.", "Durand")),
+        ("Durand,", (None, "Durand")),
+        (", Michel", ("Michel", None)),
+        (" , ", (None, None)),
+    ],
+)
+def test_full_name_with_a_comma_is_family_name_first_and_keeps_no_comma(
+    full: str, expected: tuple[str | None, str | None]
+) -> None:
+    # `Durand, Michel` was split as (`Durand,`, `Michel`): greeted "Bonjour Durand,,".
+    assert split_full_name(full) == expected
+
+
+def test_lone_surrogates_are_removed_from_names_with_a_warning() -> None:
+    # Only a JSON escape (`"\ud800"`) makes one; no database driver can encode it.
+    assert clean_name("Zo\ud800ë\udfff") == ("Zoë", True)
+
+
+def test_name_without_a_limit_is_not_cut() -> None:
+    assert clean_name("É" * 250, None) == ("É" * 250, False)
+
+
 # --- the fast path of `validate` gives exactly email-validator's answer --------------------
 
 _DOMAINS = [

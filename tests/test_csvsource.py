@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import codecs
+import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO, TextIO, cast
 
 import pytest
 
 from mailer.core.errors import InputError
-from mailer.imports.csvsource import CsvSource, Record, detect
+from mailer.imports.csvsource import FIELD_LIMIT, RECORD_LIMIT, CsvSource, Record, detect
+from mailer.imports.lines import CHUNK, byte_lines, cr_lines, text_lines
 from tests.conftest import FIXTURES
 
 
-def read(path: Path, **options: str) -> tuple[CsvSource, list[Record]]:
+def read(path: Path, **options: Any) -> tuple[CsvSource, list[Record]]:
     with CsvSource(path, **options) as source:
         return source, list(source.records())
 
@@ -307,3 +311,105 @@ def test_missing_file_and_folder_are_input_errors(tmp_path: Path) -> None:
         CsvSource(tmp_path / "nope.csv")
     with pytest.raises(InputError, match="is a folder, not a CSV file"):
         CsvSource(tmp_path)
+
+
+# --- bounds: no line or record is held whole past RECORD_LIMIT (issue 14) ----------------
+
+
+@pytest.mark.parametrize(
+    ("encoding", "newline"),
+    [("utf-8", "\n"), ("utf-8", "\r\n"), ("utf-8", "\r"), ("utf-16", "\n"), ("utf-16", "\r")],
+    ids=["lf", "crlf", "cr", "utf16-lf", "utf16-cr"],
+)
+def test_a_line_past_the_record_limit_is_an_error_on_its_line_and_reading_goes_on(
+    tmp_path: Path, encoding: str, newline: str
+) -> None:
+    rows = ["email,name", "a@x.fr,Anne", "b@x.fr," + "x" * 5000, "c@x.fr,Cid"]
+    path = write(tmp_path, (newline.join(rows) + newline).encode(encoding))
+
+    _, records = read(path, record_limit=1000)
+
+    assert [(r.line, r.end_line, r.cells, r.error) for r in records] == [
+        (2, 2, ["a@x.fr", "Anne"], None),
+        (3, 3, [], "a line longer than 1,000 bytes, skipped unread"),
+        (4, 4, ["c@x.fr", "Cid"], None),
+    ]
+
+
+def test_lines_that_add_up_past_the_record_limit_are_an_error_naming_them(
+    tmp_path: Path,
+) -> None:
+    # Each line is short, but an open quote runs them into one record.
+    content = b'email,name\na@x.fr,"Anne\n' + (b"y" * 600 + b"\n") * 3 + b"b@x.fr,Bob\n"
+
+    _, records = read(write(tmp_path, content), record_limit=1000)
+
+    assert [(r.line, r.end_line, r.error) for r in records] == [
+        (2, 4, "lines 2-4 make a record longer than 1,000 bytes (an unbalanced quote?)"),
+        (5, 5, None),
+        (6, 6, None),
+    ]
+    assert records[-1].cells == ["b@x.fr", "Bob"]
+
+
+def test_the_default_record_limit_is_one_mib_and_holds_the_largest_cell() -> None:
+    assert RECORD_LIMIT == 1024 * 1024
+    assert RECORD_LIMIT > 4 * FIELD_LIMIT  # a cell at its limit, even in UTF-8, fits a record
+
+
+def test_a_first_record_past_the_limit_is_no_header(tmp_path: Path) -> None:
+    path = write(tmp_path, b"\n" + b"x" * 5000 + b"\nemail\na@x.fr\n")
+
+    with pytest.raises(InputError) as raised:
+        CsvSource(path, record_limit=1000)
+
+    assert raised.value.message == (
+        f"{path}: the first record (line 2) is longer than 1,000 bytes: not a CSV header"
+    )
+
+
+class _Recording(io.BytesIO):
+    """A file that remembers the most bytes one read handed out."""
+
+    largest = 0
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = super().readline(size)
+        self.largest = max(self.largest, len(line))
+        return line
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.largest = max(self.largest, len(data))
+        return data
+
+
+@pytest.mark.parametrize("reader", [byte_lines, cr_lines])
+def test_a_long_line_is_skipped_in_chunks_never_read_whole(
+    reader: Callable[[BinaryIO, int], Iterator[bytes | None]],
+) -> None:
+    end = b"\r" if reader is cr_lines else b"\n"
+    handle = _Recording(b"a" + end + b"x" * 3_000_000 + end + b"b" + end)
+
+    lines = list(reader(handle, 1000))
+
+    assert lines == [b"a" + end, None, b"b" + end]
+    assert handle.largest <= CHUNK
+
+
+def test_a_long_decoded_line_is_skipped_in_chunks_never_read_whole() -> None:
+    class Recording:
+        largest = 0
+
+        def __init__(self, text: str) -> None:
+            self._text = io.StringIO(text, newline="\n")
+
+        def readline(self, size: int = -1) -> str:
+            line = self._text.readline(size)
+            self.largest = max(self.largest, len(line))
+            return line
+
+    handle = Recording("a\n" + "x" * 3_000_000 + "\nb\n")
+
+    assert list(text_lines(cast(TextIO, handle), 1000, "\n")) == ["a\n", None, "b\n"]
+    assert handle.largest <= CHUNK

@@ -359,6 +359,7 @@ def test_messy_hand_edited_file_imports_what_it_can_and_reports_the_rest(
     ]
     assert warnings(report) == [
         (6, "display name around dave@example.com ignored"),
+        (8, "address not ASCII before the @: only a relay offering SMTPUTF8 can deliver it"),
         (10, "control characters removed from first_name"),
         (11, "control characters removed from first_name"),
         (12, "control characters removed from first_name"),
@@ -1224,8 +1225,10 @@ def test_trailing_empty_cells_are_no_warning_but_extra_content_is() -> None:
 
 
 def test_short_row_reads_missing_cells_as_empty() -> None:
-    (candidate,) = parse(["email", "prénom", "nom"], ["a@x.fr"])
+    notice, candidate = parse(["email", "prénom", "nom"], ["a@x.fr"])
 
+    # Issue 14 item 10: a short row is no longer imported without a word.
+    assert notice == Notice(2, "1 cell but the header has 3; the missing read as empty")
     assert isinstance(candidate, Candidate)
     assert (candidate.first_name, candidate.last_name) == (None, None)
 

@@ -21,9 +21,8 @@ from hypothesis import strategies as st
 
 from mailer import api
 from mailer.core.addresses import clean_address, clean_name
-from mailer.core.errors import AddressError
 from mailer.core.config import Settings
-from mailer.core.errors import InputError
+from mailer.core.errors import AddressError, InputError
 from mailer.core.people import Candidate, Notice, Rejection
 from mailer.imports.columns import map_columns
 from mailer.imports.csvsource import CsvSource

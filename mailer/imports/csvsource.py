@@ -4,7 +4,8 @@ Streams the file: memory does not grow with its size. Encodings: a byte-order ma
 (UTF-8, UTF-16); otherwise each line is decoded as UTF-8 and, failing that, as Windows-1252
 (what French Excel writes), so a file that mixes both still reads right. Delimiters `,` `;`
 tab and `|` are detected from the first records. Every record carries the physical line
-numbers it spans, so every message can name the line.
+numbers it spans, so every message can name the line. A cell is bounded (FIELD_LIMIT) and
+so is a record (RECORD_LIMIT, see `lines`): past either, the record is an error on its line.
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from mailer.core.addresses import clean_name
 from mailer.core.errors import InputError
+from mailer.imports.lines import Overflow, RecordBound, byte_lines, cr_lines, text_lines
 
 SAMPLE_BYTES = 64 * 1024
 DELIMITERS = (",", ";", "\t", "|")
 FIELD_LIMIT = 128 * 1024  # a longer field is almost always an unbalanced quote
+# A record (its lines together) longer than this is refused unread: a subscriber's row is a
+# few hundred bytes, and a whole JSON attributes cell fits many times over.
+RECORD_LIMIT = 1024 * 1024
 _WIDE_BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32"),
     (codecs.BOM_UTF32_BE, "utf-32"),
@@ -38,6 +44,7 @@ class Record:
     end_line: int
     cells: list[str]
     error: str | None = None
+    overlong: bool = False  # past RECORD_LIMIT: not read, so no cells
 
 
 @dataclass
@@ -69,18 +76,6 @@ def _decode_cp1252(raw: bytes) -> str:
 def _looks_binary(sample: bytes) -> bool:
     workbook = sample.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0"))
     return workbook or sample.count(b"\x00") > max(1, len(sample) // 100)
-
-
-def _split_cr(handle: BinaryIO) -> Iterator[bytes]:
-    """Lines of an old Mac file (CR only), streamed."""
-    pending = b""
-    while chunk := handle.read(SAMPLE_BYTES):
-        pending += chunk
-        *lines, pending = pending.split(b"\r")
-        for line in lines:
-            yield line + b"\r"
-    if pending:
-        yield pending
 
 
 # Text codecs that cannot read a file line by line with replacement of bad bytes.
@@ -128,11 +123,29 @@ def _explain(error: csv.Error) -> str:
     return message
 
 
+def _size(limit: int) -> str:
+    return f"{limit // (1024 * 1024)} MiB" if limit % (1024 * 1024) == 0 else f"{limit:,} bytes"
+
+
+def _overlong(start: int, end: int, limit: int) -> str:
+    if start == end:
+        return f"a line longer than {_size(limit)}, skipped unread"
+    return f"lines {start}-{end} make a record longer than {_size(limit)} (an unbalanced quote?)"
+
+
 class CsvSource:
     """A CSV file opened for streaming: `header`, then `records()`."""
 
-    def __init__(self, path: Path, *, encoding: str | None = None, delimiter: str | None = None):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        encoding: str | None = None,
+        delimiter: str | None = None,
+        record_limit: int | None = None,
+    ):
         self.path = path
+        self.record_limit = record_limit or RECORD_LIMIT
         self.stats = DecodeStats()
         self.bytes_read = 0
         try:
@@ -169,7 +182,8 @@ class CsvSource:
             sample_text = sample.decode(self._wide, errors="ignore")
             self._cr_only = "\n" not in sample_text and "\r" in sample_text
         else:
-            sample_text = "".join(self._decoded(self._raw_lines(io.BytesIO(sample)), count=False))
+            sample_lines = self._decoded(self._raw_lines(io.BytesIO(sample)), count=False)
+            sample_text = "".join(line for line in sample_lines if line is not None)
         self.delimiter = (
             detect(sample_text) if delimiter is None else self._check_delimiter(delimiter)
         )
@@ -179,8 +193,16 @@ class CsvSource:
         # The first record as it was read: the data of a file that has no header row.
         self.header_record: Record | None = None
         for record in self._records:
+            if record.overlong:  # what follows would be taken for the header: stop here
+                self.close()
+                raise InputError(
+                    f"{path}: the first record (line {record.line}) is longer than "
+                    f"{_size(self.record_limit)}: not a CSV header",
+                    hint="a CSV export starts with a line of column names",
+                )
             if record.error is None and any(cell.strip() for cell in record.cells):
-                self.header = [cell.strip().lstrip("\ufeff") for cell in record.cells]
+                # Cleaned as names are: header names become attribute names and are printed.
+                self.header = [clean_name(cell, None)[0] or "" for cell in record.cells]
                 self.header_line = record.line
                 self.header_record = record
                 break
@@ -207,15 +229,22 @@ class CsvSource:
             return "windows-1252"
         return "utf-8-sig" if self._skip else "utf-8"
 
-    def _raw_lines(self, handle: BinaryIO) -> Iterator[bytes]:
+    def _raw_lines(self, handle: BinaryIO) -> Iterator[bytes | None]:
         if self._cr_only:
-            return _split_cr(handle)
-        return iter(handle)
+            return cr_lines(handle, self.record_limit)
+        return byte_lines(handle, self.record_limit)
 
-    def _decoded(self, raw_lines: Iterator[bytes], *, count: bool = True) -> Iterator[str]:
-        """Decoded lines; line numbers in `stats` are physical (1-based)."""
+    def _decoded(
+        self, raw_lines: Iterator[bytes | None], *, count: bool = True
+    ) -> Iterator[str | None]:
+        """Decoded lines (None: too long, skipped); line numbers in `stats` are physical."""
         forced = self._forced
         for number, raw in enumerate(raw_lines, start=1):
+            if raw is None:
+                if count:
+                    self.bytes_read = self._handle.tell()
+                yield None
+                continue
             if count:
                 self.bytes_read += len(raw)
             if number == 1 and self._skip:
@@ -244,19 +273,17 @@ class CsvSource:
                 self.stats.utf8_lines += 1
             yield text
 
-    def _lines(self) -> Iterator[str]:
+    def _lines(self) -> Iterator[str | None]:
         if self._wide is not None:
             # Lines end at LF as in the byte path (a stray CR is no line break), and
             # errors="replace": a truncated or corrupt UTF-16 file must not stop the import.
+            newline = "\r" if self._cr_only else "\n"
             text = io.TextIOWrapper(
-                self._handle,
-                encoding=self._wide,
-                newline="\r" if self._cr_only else "\n",
-                errors="replace",
+                self._handle, encoding=self._wide, newline=newline, errors="replace"
             )
-            for number, line in enumerate(text, start=1):
+            for number, line in enumerate(text_lines(text, self.record_limit, newline), 1):
                 self.bytes_read = self._handle.tell()
-                if "\ufffd" in line:
+                if line is not None and "\ufffd" in line:
                     self.stats.replaced_lines.append(number)
                 yield line
             return
@@ -264,18 +291,26 @@ class CsvSource:
 
     def _parse(self) -> Iterator[Record]:
         csv.field_size_limit(FIELD_LIMIT)
-        reader = csv.reader(self._lines(), delimiter=self.delimiter, strict=False)
+        lines = RecordBound(self._lines(), self.record_limit)
+        reader = csv.reader(lines, delimiter=self.delimiter, strict=False)
         previous_end = 0
         while True:
             try:
                 cells = next(reader)
             except StopIteration:
                 return
-            except csv.Error as exc:
-                yield Record(previous_end + 1, reader.line_num, [], error=_explain(exc))
-                previous_end = reader.line_num
+            except Overflow:
+                start, previous_end = previous_end + 1, lines.line
+                error = _overlong(start, previous_end, self.record_limit)
+                yield Record(start, previous_end, [], error=error, overlong=True)
                 continue
-            start, previous_end = previous_end + 1, reader.line_num
+            except csv.Error as exc:
+                lines.new_record()
+                yield Record(previous_end + 1, lines.line, [], error=_explain(exc))
+                previous_end = lines.line
+                continue
+            lines.new_record()
+            start, previous_end = previous_end + 1, lines.line
             # A blank line, or a spreadsheet's empty row (`;;;;`), is no record.
             if any(cell.strip() for cell in cells):
                 yield Record(start, previous_end, cells)

@@ -2,17 +2,20 @@
 
 No SQL here: deduplication against the database and the counts of imported/updated/unchanged
 are the store's job. Every record becomes exactly one of: a Candidate, or a Rejection with
-its line number and reason; warnings never stop a row.
+its line number and reason; warnings never stop a row. Whatever is changed on the way (a
+character removed, a name cut, missing cells) or will matter later (an address that needs
+SMTPUTF8) is a warning: nothing is changed silently.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
 
-from mailer.core.addresses import clean_address, clean_name, split_full_name
+from mailer.core.addresses import NAME_MAX, clean_address, clean_name, split_full_name
 from mailer.core.errors import AddressError
 from mailer.core.people import Candidate, Notice, Rejection
 from mailer.core.states import SubscriberStatus
@@ -81,6 +84,8 @@ for _status, _words in {
 
 
 CIVILITY_MAX = 50  # the subscribers.civility column
+_WIDTHS = {"first_name": NAME_MAX, "last_name": NAME_MAX, "civility": CIVILITY_MAX}
+SMTPUTF8_NOTE = "address not ASCII before the @: only a relay offering SMTPUTF8 can deliver it"
 # A piece of a line that is an address and nothing else (`judy@example.com`, `"judy@x.fr"`).
 _LONE_ADDRESS = re.compile(r'\s*"?[^\s"@]+@[^\s"@]+"?\s*')
 
@@ -123,20 +128,55 @@ def _swallowed_rows(record: Record, columns: ColumnMap) -> bool:
     return False
 
 
+def _clean_json(value: Any) -> tuple[Any, bool]:
+    """A JSON value with every string in it, keys included, cleaned as a name is.
+
+    A NUL would make PostgreSQL refuse the whole batch, and an escape sequence would reach
+    a Subject header or a terminal; numbers, booleans and null are kept as they are.
+    """
+    if isinstance(value, str):
+        text, removed = clean_name(value, None)
+        return text or "", removed
+    if isinstance(value, list):
+        items = [_clean_json(item) for item in value]
+        return [item for item, _ in items], any(removed for _, removed in items)
+    if isinstance(value, dict):
+        cleaned: dict[str, Any] = {}
+        removed = False
+        for key, item in value.items():
+            clean_key, key_removed = _clean_json(key)
+            cleaned[clean_key], item_removed = _clean_json(item)
+            removed = removed or key_removed or item_removed
+        return cleaned, removed
+    return value, False
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _json_object(raw: str) -> dict[str, Any] | None:
-    """listmonk's attributes cell as a dict, or None when it is not a JSON object.
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # `1e400`: Python reads it as inf
+        raise ValueError(f"{text} is out of range")
+    return value
 
-    NaN and Infinity are refused: PostgreSQL's json type would refuse them at insert time.
+
+def _json_object(raw: str) -> tuple[dict[str, Any], bool] | None:
+    """listmonk's attributes cell as a cleaned dict and whether cleaning removed anything,
+    or None when it is not a JSON object.
+
+    NaN, Infinity and numbers too large for a float are refused: PostgreSQL's json type
+    would refuse them at insert time, and with them the whole batch.
     """
     try:
-        parsed = json.loads(raw, parse_constant=_no_constants)
+        parsed = json.loads(raw, parse_constant=_no_constants, parse_float=_finite)
+        if not isinstance(parsed, dict):
+            return None
+        cleaned, removed = _clean_json(parsed)
     except (ValueError, RecursionError):
         return None
-    return parsed if isinstance(parsed, dict) else None
+    return cleaned, removed
 
 
 def parse_record(record: Record, columns: ColumnMap) -> Iterator[Outcome]:
@@ -177,39 +217,48 @@ def parse_record(record: Record, columns: ColumnMap) -> Iterator[Outcome]:
 
     for note in address_notes:
         yield Notice(line, note)
+    if address.smtputf8:
+        yield Notice(line, SMTPUTF8_NOTE)
     names: dict[str, str | None] = {}
     for name_field in ("first_name", "last_name", "name", "civility"):
-        raw_name = _cell(cells, fields.get(name_field))
-        if name_field == "civility":
-            value, removed = clean_name(raw_name, CIVILITY_MAX)
-        else:
-            value, removed = clean_name(raw_name)
+        value, removed = clean_name(_cell(cells, fields.get(name_field)), None)
         if removed:
             yield Notice(line, f"control characters removed from {name_field}")
         names[name_field] = value
-    first, last = names["first_name"], names["last_name"]
-    if first is None and last is None and names["name"]:
-        first, last = split_full_name(names["name"])
+    if names["first_name"] is None and names["last_name"] is None and names["name"]:
+        names["first_name"], names["last_name"] = split_full_name(names["name"])
+    for name_field, width in _WIDTHS.items():
+        value = names[name_field]
+        if value is not None and len(value) > width:
+            names[name_field] = value[:width].rstrip()
+            yield Notice(line, f"{name_field} cut to {width} characters, the stored length")
 
     attributes: dict[str, Any] = {}
     for attribute, index in columns.attributes.items():
-        value = _cell(cells, index).strip()
+        value, removed = clean_name(_cell(cells, index), None)
+        if removed:
+            yield Notice(line, f"control characters removed from attribute {attribute!r}")
         if value:
             attributes[attribute] = value
     if columns.listmonk_attributes is not None:
         raw = _cell(cells, columns.listmonk_attributes).strip()
         if raw:
             parsed = _json_object(raw)
-            if parsed is not None:
-                attributes.update(parsed)
-            else:
+            if parsed is None:
                 yield Notice(line, "attributes column is not a JSON object; kept as text")
-                attributes["attributes"] = raw
+                text, removed = clean_name(raw, None)
+                parsed = ({"attributes": text} if text else {}), removed
+            if parsed[1]:
+                column = columns.header[columns.listmonk_attributes]
+                yield Notice(line, f"control characters removed from attribute {column!r}")
+            attributes.update(parsed[0])
+    width = len(columns.header)
     # Trailing empty cells (`a@b.fr;Anne;;;`) are what spreadsheets write: no warning.
-    if any(cell.strip() for cell in cells[len(columns.header) :]):
-        yield Notice(
-            line, f"{len(cells)} cells but the header has {len(columns.header)}; extra ignored"
-        )
+    if any(cell.strip() for cell in cells[width:]):
+        yield Notice(line, f"{len(cells)} cells but the header has {width}; extra ignored")
+    elif len(cells) < width:  # a lost delimiter shifts every later cell: say so
+        count = f"{len(cells)} cell" + ("s" if len(cells) > 1 else "")
+        yield Notice(line, f"{count} but the header has {width}; the missing read as empty")
 
     yield Candidate(
         line=line,
@@ -217,8 +266,8 @@ def parse_record(record: Record, columns: ColumnMap) -> Iterator[Outcome]:
         key=address.key,
         address=address.address,
         smtputf8=address.smtputf8,
-        first_name=first,
-        last_name=last,
+        first_name=names["first_name"],
+        last_name=names["last_name"],
         civility=names["civility"],
         status=status,
         attributes=attributes,

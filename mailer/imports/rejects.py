@@ -1,12 +1,16 @@
 """The rejects file of an import: every refused row with its line and reason, streamed.
 
 Cells are written so a spreadsheet shows them and never runs them (OWASP CSV injection):
-a cell starting with `=`, `+`, `-`, `@`, tab or CR gets a leading `'`.
+a cell starting with `=`, `+`, `-`, `@`, tab or CR gets a leading `'`. The rows are
+personal data: the file is created 0600, like the database and the outbox.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import stat
 from pathlib import Path
 from typing import IO
 
@@ -21,6 +25,24 @@ def formula_safe(cell: str) -> str:
     return "'" + cell if cell.startswith(_FORMULA_START) else cell
 
 
+def open_private(path: Path) -> IO[str]:
+    """`path` opened for writing, readable by its owner only, whatever the umask.
+
+    A file left by an earlier run may be wider open: it is narrowed before anything is
+    written. Only a regular file is: `--rejects /dev/stdout` must not chmod a terminal,
+    and a file someone else owns keeps the modes its owner chose (chmod is refused).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            with contextlib.suppress(PermissionError):
+                os.fchmod(fd, 0o600)
+        return open(fd, "w", encoding="utf-8-sig", newline="")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class RejectsWriter:
     """Writes rejections as they come, so memory does not grow with them.
 
@@ -30,7 +52,7 @@ class RejectsWriter:
     def __init__(self, path: Path, header: list[str], delimiter: str) -> None:
         self.path = path
         try:
-            self._handle: IO[str] = path.open("w", encoding="utf-8-sig", newline="")
+            self._handle = open_private(path)
         except OSError as exc:
             raise InputError(f"cannot write {path}: {exc.strerror}") from exc
         self._writer = csv.writer(self._handle, delimiter=delimiter)

@@ -81,7 +81,9 @@ QUICK_SIZES = (200, 1_000)
 SEND_UP_TO = 10_000  # --setup auto: a real `mailer send --outbox` up to this many subscribers
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_SEED = 20240601
-PARTS = ("ceilings", "import", "maildir", "again", "purge")
+PARTS = ("ceilings", "import", "maildir", "again", "purge", "memory", "hostile")
+MEMORY_SIZES = (100_000, 1_000_000)  # --parts memory: mailboxes read and parsed, no database
+HOSTILE_IDS = 200_000  # Message-IDs in the hostile message's References
 READ_RUNS = 3  # the read ceiling is cheap: best of 3
 ADDRESS_ONLY = 0.05  # of single-recipient bounces, whose Message-ID matches no delivery
 SAMPLE = 20  # subscribers whose addresses are looked for in the SQLite file's bytes
@@ -309,9 +311,12 @@ def write_mailboxes(
             fixture = template.fixture
             delivered = deliveries[index]
             message_id = delivered.message_id
-            if len(fixture.reports) == 1 and rng.random() < ADDRESS_ONLY:
+            if (len(fixture.reports) == 1 and rng.random() < ADDRESS_ONLY
+                    and fixture.name != "verp.eml"):
                 # the returned original's Message-ID is not one of ours (an MTA that rewrote
-                # or dropped it): only the failed address leads to the subscriber
+                # or dropped it): only the failed address leads to the subscriber (not for
+                # verp.eml, whose token is the fixture's: a token that does not verify makes
+                # a report untrusted, issue 13)
                 message_id = f"<3f9a1c2b7d4e.{fixture.original}@asso.fr>"
                 expected.by_address += 1
             raw = render_message(template, number, message_id, delivered.address)
@@ -540,12 +545,16 @@ class Run:
         return 1e6 * (self.cpu_s + (self.server_cpu_s or 0.0)) / self.size if self.size else 0.0
 
 
+SIZE_LABELS = ("read", "parse", "import", "maildir", "again", "purge")
 LABELS = {
     "read": "ceiling: stdlib `mailbox` reads the mbox",
     "parse": "ceiling: stdlib `mailbox` + `dsn.parse`",
     "import": "`mailer bounces import` mbox",
     "maildir": "`mailer bounces import` Maildir",
     "again": "the same mbox again (all already imported)",
+    "stdlib-toc": "stdlib `mailbox.mbox`: len() and every message read",
+    "stream-read": "mailer's reader + digest, every message",
+    "stream-parse": "mailer's reader + digest + `dsn.parse`, every message",
     "purge": "`mailer purge --all-personal-data --yes`",
 }
 
@@ -724,7 +733,22 @@ def check_import(
     summary: dict[str, Any], expected: Expected, *, again: bool, source: str
 ) -> None:
     """Refuse an import whose summary is not what the mailbox must give."""
+    if again:  # known by their bytes, not parsed; only the ones not understood are read again
+        compare(f"bounces import summary ({source})", summary, {
+            "messages": expected.messages,
+            "known": expected.messages - expected.unrecognised,
+            "unrecognised": expected.unrecognised,
+            "bounces": 0,
+            "ignored": 0,
+            "already_imported": expected.bounces,
+            "deliveries_failed": 0,
+            "subscribers_bounced": 0,
+            "skipped": 0,
+        })
+        return
     compare(f"bounces import summary ({source})", summary, {
+        "known": 0,
+        "skipped": 0,
         "messages": expected.messages,
         "bounces": expected.bounces,
         "permanent": expected.permanent,
@@ -885,7 +909,8 @@ def bench_size(options: Options, backend: str, size: int) -> tuple[list[Run], di
                     database.execute(f"ANALYZE {table}")  # this schema's tables only
                 info["analyze"] = True
             started = time.perf_counter()
-            boxes = make_mailboxes(options, database, folder, maildir=backend == "sqlite")
+            boxes = make_mailboxes(options, database, folder,
+                                   maildir=backend == "sqlite" and "maildir" in options.parts)
             info |= {"mailbox_s": time.perf_counter() - started, "expected": boxes.expected}
             log(f"  set-up: {info['setup']}, import {info['import_s']:.1f} s,"
                 f" send {info['send_s']:.1f} s; mailbox {info['mailbox_s']:.1f} s,"
@@ -953,6 +978,183 @@ def profile(options: Options, database: SqliteFile, boxes: Mailboxes, folder: Pa
             + hot_spots(stats, options.profile_top))
 
 
+# --- bounded cost: memory against the mailbox's size, the hostile message (issue 13) ----------
+
+# Every message of an mbox through mailer's one-pass reader and the digest a second import
+# looks up, and with "parse" `dsn.parse` too: the import's per-message work without the
+# database, whose memory must not grow with the mailbox. Prints JSON.
+STREAM_CODE = """\
+import json, sys, time
+from mailer.bounces.dsn import parse
+from mailer.bounces.intake import digest
+from mailer.bounces.mailboxes import open_mailbox
+from mailer.core.config import Settings
+kinds = {}
+started = time.perf_counter()
+with open_mailbox(sys.argv[1], Settings()) as box:
+    total = box.total
+    for item in box:
+        digest(item.raw)
+        kind = parse(item.raw).kind if sys.argv[2] == "parse" else "read"
+        kinds[kind] = kinds.get(kind, 0) + 1
+print(json.dumps({"messages": sum(kinds.values()), "total": total, "kinds": kinds,
+                  "seconds": time.perf_counter() - started}))
+"""
+
+# One mbox imported in-process, timed from the mailbox's opening to the summary (start-up and
+# the schema check are not the message's cost). Prints JSON.
+HOSTILE_CODE = """\
+import json, sys, time
+from mailer.bounces.mailboxes import open_mailbox
+from mailer.bounces.run import import_bounces
+from mailer.core.config import Settings
+from mailer.store.engine import ensure_schema, open_engine
+engine = open_engine(sys.argv[1])
+ensure_schema(engine)
+started = time.perf_counter()
+with open_mailbox(sys.argv[2], Settings()) as box:
+    summary = import_bounces(engine, box, source=sys.argv[2])
+seconds = time.perf_counter() - started
+engine.dispose()
+print(json.dumps({"seconds": seconds, "summary": summary.to_json()}))
+"""
+
+
+def write_plain_mbox(path: Path, size: int, seed: int) -> Expected:
+    """`size` messages in the benchmark's mix about made-up deliveries (no database needed),
+    streamed to disk: this process holds one message at a time."""
+    rng = random.Random(seed)
+    templates = [prepare(fixture) for fixture in MIX]
+    weights = [fixture.weight for fixture in MIX]
+    expected = Expected()
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as out:
+        for number in range(1, size + 1):
+            template = rng.choices(templates, weights)[0]
+            raw = render_message(template, number, f"<bench.{number}@asso.fr>",
+                                 f"abonne.{number}@exemple.fr")
+            expected.add(template.fixture)
+            body = _FROM_LINE.sub(b">From ", raw)
+            if body and not body.endswith(b"\n"):
+                body += b"\n"
+            out.write(MBOX_FROM + body + b"\n")
+    partial.rename(path)
+    expected.mbox_bytes = path.stat().st_size
+    return expected
+
+
+def plain_mbox(options: Options, size: int) -> tuple[Path, Expected]:
+    """The cached mbox of `size` messages (benchmarks/out/data), made when missing."""
+    path = OUT / "data" / f"bounces-plain-{size}-{options.seed}.mbox"
+    counts = path.with_suffix(".json")
+    if path.exists() and counts.exists():
+        return path, Expected(**json.loads(counts.read_text(encoding="utf-8")))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log(f"  writing {path.name} ({size:,} messages) ...")
+    expected = write_plain_mbox(path, size, options.seed)
+    counts.write_text(json.dumps(asdict(expected)), encoding="utf-8")
+    return path, expected
+
+
+def memory_runs(options: Options) -> list[Run]:
+    """Peak RSS of reading (stdlib, then mailer's reader) and of reading + parsing, by size."""
+    folder = OUT / "runs" / f"bounces-memory-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    runs: list[Run] = []
+    try:
+        for size in options.memory_sizes:
+            mbox, expected = plain_mbox(options, size)
+            log(f"memory, {size:,} messages ({expected.mbox_bytes / 2**20:,.0f} MiB mbox)")
+            argvs = {
+                "stdlib-toc": [str(options.python), "-c", CEILING_CODE, str(mbox), "read",
+                               os.devnull],
+                "stream-read": [str(options.python), "-c", STREAM_CODE, str(mbox), "read"],
+                "stream-parse": [str(options.python), "-c", STREAM_CODE, str(mbox), "parse"],
+            }
+            for label, argv in argvs.items():
+                log(f"  {LABELS[label]} ...")
+                measured, _ = measure(options, None, argv, folder, f"{label}-{size}",
+                                      python_env(options))
+                data = json_output(measured, label)
+                if data["messages"] != size:
+                    raise BenchmarkError(f"{label} read {data['messages']:,} of {size:,}")
+                if label == "stream-parse":
+                    compare(f"{label} kinds", data["kinds"], {k: v for k, v in (
+                        ("bounce", expected.messages - expected.ignored - expected.unrecognised),
+                        ("ignored", expected.ignored),
+                        ("unrecognised", expected.unrecognised)) if v})
+                run = to_run("python", size, label, measured, None,
+                             mbox_bytes=expected.mbox_bytes)
+                log(f"    {run.wall_s:.1f} s, peak RSS {run.max_rss_mib:.1f} MiB")
+                runs.append(run)
+    finally:
+        if not options.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    return runs
+
+
+def hostile_message(ids: int, *, compact: bool) -> bytes:
+    """A bounce naming `ids` Message-IDs in References: compact ones (`<123@x>`, 2.0 MB in
+    all: under the 2 MiB a message may have, so parsed) or real-looking ones (9 MB: skipped)."""
+    refs = " ".join(
+        f"<{n}@x>" if compact else f"<20261203.{n:06d}.{n * 7919 % 99991:05d}@mail.exemple.org>"
+        for n in range(ids)
+    )
+    return (
+        "From: Mail Delivery System <MAILER-DAEMON@mx.exemple.fr>\n"
+        "To: asso@asso.fr\nSubject: Undelivered Mail Returned to Sender\n"
+        f"Message-ID: <hostile-{int(compact)}@mx.exemple.fr>\nReferences: {refs}\n\n"
+        "This is the mail system at host mx.exemple.fr.\n\n"
+        "<stranger@ailleurs.fr>: host mx.ailleurs.fr said: 550 5.1.1 User unknown\n"
+    ).encode()
+
+
+def hostile_runs(options: Options) -> list[Run]:
+    """The hostile message alone, then within a batch of 99 ordinary bounces, on each backend
+    (a fresh database): its import time, and the batch's bounces all recorded."""
+    folder = OUT / "runs" / f"bounces-hostile-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    template = prepare(MIX[0])  # rfc3464-postfix: one permanent report each
+    runs: list[Run] = []
+    try:
+        for compact in (True, False):
+            hostile = hostile_message(HOSTILE_IDS, compact=compact)
+            alone, batch = folder / f"alone-{compact}.mbox", folder / f"batch-{compact}.mbox"
+            for path, others in ((alone, 0), (batch, 99)):
+                with path.open("wb") as out:
+                    messages = [render_message(template, n, f"<other.{n}@asso.fr>",
+                                               f"autre.{n}@exemple.fr") for n in range(others)]
+                    messages.insert(others // 2, hostile)
+                    for raw in messages:
+                        out.write(MBOX_FROM + _FROM_LINE.sub(b">From ", raw) + b"\n")
+            for backend in options.backends:
+                for path, others in ((alone, 0), (batch, 99)):
+                    with fresh_database(options, backend, folder) as database:
+                        label = f"hostile-{'compact' if compact else 'real'}-{others}"
+                        argv = [str(options.python), "-c", HOSTILE_CODE, database.url, str(path)]
+                        measured, server = measure(options, database, argv, folder, label,
+                                                   python_env(options))
+                        data = json_output(measured, label)
+                        summary = data["summary"]
+                        compare(f"{label} summary ({backend})", summary, {
+                            "messages": others + 1,
+                            "skipped": 0 if compact else 1,
+                            "bounces": others + (1 if compact else 0),
+                        })
+                        if database.count("bounces") != summary["bounces"]:
+                            raise BenchmarkError(f"{label}: the batch's bounces were not all"
+                                                 " recorded")
+                        run = to_run(backend, others + 1, "hostile", measured, server,
+                                     compact=compact, others=others, seconds=data["seconds"],
+                                     bytes=len(hostile))
+                        log(f"  {backend} {label}: {data['seconds']:.3f} s")
+                        runs.append(run)
+    finally:
+        if not options.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    return runs
+
+
 # --- report -------------------------------------------------------------------------------------
 
 
@@ -982,7 +1184,7 @@ def render(
         "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
-        if run.label == "fixed":
+        if run.label not in SIZE_LABELS:
             continue
         steady = (f"{run.size / (run.wall_s - fixed.wall_s):,.0f}"
                   if fixed and run.label in ("import", "again", "maildir")
@@ -1024,20 +1226,22 @@ def render(
                 f" {f'{1e6 * maildir.wall_s / size:,.0f}' if maildir else '—'} |"
                 f" {f'{1e6 * again.wall_s / size:,.0f}' if again else '—'} |"
             )
-    if len(options.sizes) > 1:
+    if len(options.sizes) > 1 and any(r.label in SIZE_LABELS for r in runs):
         small, large = options.sizes[0], options.sizes[-1]
         lines += ["", f"Peak RSS, {large:,} messages against {small:,} (flat memory: ~1.0):", "",
                   "| backend | run | RSS MiB small → large | ratio |", "|---|---|---|---:|"]
         for backend in [*options.backends, "python"]:
-            for label in LABELS:
+            for label in SIZE_LABELS:
                 a, b = by.get((backend, small, label)), by.get((backend, large, label))
                 if a and b:
                     lines.append(f"| {backend} | {LABELS[label]} | {mib(a.max_rss_mib)} →"
                                  f" {mib(b.max_rss_mib)} | {b.max_rss_mib / a.max_rss_mib:.2f} |")
-    lines += ["", "Purge (after the imports):", "",
-              "| backend | subscribers | seconds | µs per subscriber | peak RSS MiB |"
-              " database MiB before → after | sample addresses readable after |",
-              "|---|---:|---:|---:|---:|---|---|"]
+    lines += cost_tables(runs, options)
+    if any(run.label == "purge" for run in runs):
+        lines += ["", "Purge (after the imports):", "",
+                  "| backend | subscribers | seconds | µs per subscriber | peak RSS MiB |"
+                  " database MiB before → after | sample addresses readable after |",
+                  "|---|---:|---:|---:|---:|---|---|"]
     for run in runs:
         if run.label != "purge":
             continue
@@ -1060,7 +1264,7 @@ def render(
         for name, micros in sorted(largest.details["per_fixture_us"].items(),
                                    key=lambda item: -item[1]):
             lines.append(f"| `{name}` | {fixtures.get(name, 0):,} | {micros:,.0f} |")
-    lines += ["", "Mailboxes and set-up:", ""]
+    lines += ["", "Mailboxes and set-up:", ""] if infos else []
     for (backend, size), info in infos.items():
         e: Expected = info["expected"]
         lines.append(
@@ -1087,6 +1291,60 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def cost_tables(runs: list[Run], options: Options) -> list[str]:
+    """The second import against the first; memory against the mailbox's size; the hostile
+    message."""
+    lines: list[str] = []
+    by = {(r.backend, r.size, r.label): r for r in runs}
+    pairs = [(b, s, by[(b, s, "import")], by[(b, s, "again")]) for b in options.backends
+             for s in options.sizes if (b, s, "import") in by and (b, s, "again") in by]
+    if pairs:
+        lines += ["", "Second import of the same mbox against the first (every message known:"
+                  " not parsed again; wall seconds, start-up included):", "",
+                  "| backend | messages | first s | second s | second µs/msg | faster |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for backend, size, first, again in pairs:
+            lines.append(f"| {backend} | {size:,} | {first.wall_s:.2f} | {again.wall_s:.2f} |"
+                         f" {1e6 * again.wall_s / size:,.0f} |"
+                         f" **{first.wall_s / again.wall_s:.1f}×** |")
+    memory = [r for r in runs if r.label in ("stdlib-toc", "stream-read", "stream-parse")]
+    if memory:
+        sizes = sorted({r.size for r in memory})
+        lines += ["", "Peak RSS (MiB) against the mailbox's size, no database (`--parts memory`):"
+                  " each message read, its digest taken, and parsed; seconds in brackets:", "",
+                  "| run | " + " | ".join(f"{s:,} messages" for s in sizes)
+                  + " | ratio largest / smallest |",
+                  "|---|" + "---:|" * (len(sizes) + 1)]
+        for label in ("stdlib-toc", "stream-read", "stream-parse"):
+            row = [by.get(("python", s, label)) for s in sizes]
+            if not all(row):
+                continue
+            cells = [f"{r.max_rss_mib:.1f} ({r.wall_s:,.0f} s)" for r in row if r]
+            first_rss, last_rss = row[0].max_rss_mib, row[-1].max_rss_mib  # type: ignore[union-attr]
+            lines.append(f"| {LABELS[label]} | " + " | ".join(cells)
+                         + f" | **{last_rss / first_rss:.2f}** |")
+        mboxes = {r.size: r.details["mbox_bytes"] for r in memory}
+        lines += ["", "The mboxes: " + ", ".join(
+            f"{s:,} messages {mboxes[s] / 2**20:,.0f} MiB" for s in sizes) + "."]
+    hostile = [r for r in runs if r.label == "hostile"]
+    if hostile:
+        lines += ["", f"The hostile message ({HOSTILE_IDS:,} Message-IDs in References; fresh"
+                  " database; seconds from opening the mailbox to the summary, in-process):", "",
+                  "| backend | Message-IDs | size MB | messages in the mbox | what happened |"
+                  " seconds | peak RSS MiB |", "|---|---|---:|---:|---|---:|---:|"]
+        for run in hostile:
+            compact, others = run.details["compact"], run.details["others"]
+            what = "parsed, 20 IDs looked up" if compact else "skipped unread (over 2 MiB)"
+            if others:
+                what += f"; the {others} others recorded"
+            lines.append(
+                f"| {run.backend} | {'compact `<123@x>`' if compact else 'real-looking'} |"
+                f" {run.details['bytes'] / 1e6:.1f} | {run.size} | {what} |"
+                f" **{run.details['seconds']:.3f}** | {run.max_rss_mib:.1f} |"
+            )
+    return lines
+
+
 # --- command line ---------------------------------------------------------------------------
 
 
@@ -1105,6 +1363,7 @@ class Options:
     profile_top: int
     parts: list[str]
     analyze: bool
+    memory_sizes: list[int]
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
@@ -1139,8 +1398,14 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         help="run ANALYZE after the set-up (the PostgreSQL test server has autovacuum off)",
     )
     parser.add_argument(
-        "--parts", type=lambda text: parse_choices(text, PARTS, "part(s)"), default=list(PARTS),
-        help=f"which runs (default: all): {','.join(PARTS)}; again and purge need import",
+        "--parts", type=lambda text: parse_choices(text, PARTS, "part(s)"),
+        default=[p for p in PARTS if p != "memory"],
+        help=f"which runs (default: all but memory): {','.join(PARTS)}; again and purge need"
+        " import",
+    )
+    parser.add_argument(
+        "--memory-sizes", type=parse_counts, default=list(MEMORY_SIZES),
+        help="mailbox sizes of --parts memory (default 100000,1000000)",
     )
     args = parser.parse_args(argv)
     sizes = args.sizes if args.sizes is not None else list(
@@ -1155,6 +1420,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         postgres_url=args.postgres_url, mailer=args.mailer, python=args.python, keep=args.keep,
         snapshot=take_snapshot() if args.snapshot else None, profile=args.profile,
         profile_top=args.profile_top, parts=args.parts, analyze=args.analyze,
+        memory_sizes=args.memory_sizes,
     )
 
 
@@ -1175,10 +1441,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[Run] = []
     infos: dict[tuple[str, int], dict[str, Any]] = {}
     try:
-        for backend in options.backends:
-            for size in options.sizes:
-                size_runs, infos[(backend, size)] = bench_size(options, backend, size)
-                runs += size_runs
+        if set(options.parts) & {"ceilings", "import", "maildir", "again", "purge"}:
+            for backend in options.backends:
+                for size in options.sizes:
+                    size_runs, infos[(backend, size)] = bench_size(options, backend, size)
+                    runs += size_runs
+        if "memory" in options.parts:  # first: a child's peak RSS starts at this process's
+            runs += memory_runs(options)
+        if "hostile" in options.parts:
+            runs += hostile_runs(options)
     except BenchmarkError as exc:
         log(f"benchmark failed: {exc}")
         return 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,38 +33,30 @@ from mailer.imports.run import ImportReport, ImportRun, Progress, open_rejects
 from mailer.messages.campaign import load_campaign
 from mailer.messages.preflight import PreflightReport, preflight
 from mailer.messages.preview import Preview, preview_factory
+from mailer.messages.scaffold import new_campaign
+from mailer.privacy import copies
 from mailer.privacy import purge as purging
 from mailer.sending.options import ProgressFn, Tally
 from mailer.sending.report import write_report as write_csv
 from mailer.sending.run import PreflightFailed, RunReport, SendRequest, SendRun
+from mailer.sending.trial import SendPlan, TestSent, send_plan, send_test
 from mailer.store import counts, meta, outcomes, queueing
 from mailer.store import subscribers as store
-from mailer.store.engine import (
-    ensure_schema,
-    open_engine,
-    read_transaction,
-    scrub,
-    write_transaction,
-)
+from mailer.store.engine import database, read_transaction, scrub, write_transaction
 
 __all__ = [
-    "BounceSummary", "Erasure", "ImportReport", "PreflightFailed", "PreflightReport",
-    "Preview", "Progress", "ProgressFn", "RunReport", "StatusChange", "Tally",
+    "BounceSummary", "Erasure", "ImportReport", "PreflightFailed", "PreflightReport", "Preview",
+    "Progress", "ProgressFn", "RunReport", "SendPlan", "StatusChange", "Tally", "TestSent",
     "check_campaign", "check_database", "forget", "import_bounces", "import_subscribers",
-    "list_subscribers", "open_database", "preview", "purge", "report", "retry", "send",
-    "serve", "status", "subscriber_json", "token_secret", "unsubscribe", "write_report",
+    "list_subscribers", "new_campaign", "open_database", "preview", "purge", "report", "retry",
+    "send", "send_plan", "send_test", "serve", "status", "subscriber_json", "token_secret",
+    "unsubscribe", "write_report"
 ]
 
 
-@contextmanager
-def open_database(settings: Settings) -> Iterator[Engine]:
-    """The engine for the configured database, schema ready; errors translated."""
-    engine = open_engine(settings.database_url)
-    try:
-        ensure_schema(engine)
-        yield engine
-    finally:
-        engine.dispose()
+def open_database(settings: Settings, *, create: bool = True) -> AbstractContextManager[Engine]:
+    """The engine, schema ready; create=False (reading commands): no new SQLite file."""
+    return database(settings.database_url, create=create)
 
 
 # --- import -------------------------------------------------------------------------------
@@ -117,7 +109,7 @@ def list_subscribers(
     settings: Settings, status: SubscriberStatus | None = None
 ) -> Iterator[dict[str, Any]]:
     """Every subscriber as the contract's JSON object, streamed."""
-    with open_database(settings) as engine, read_transaction(engine) as connection:
+    with open_database(settings, create=False) as engine, read_transaction(engine) as connection:
         for row in store.iterate(connection, status):
             yield subscriber_json(row)
 
@@ -165,11 +157,14 @@ def unsubscribe(
 class Erasure:
     email: str
     was_subscriber: bool
+    removed: tuple[Path, ...] = ()  # their .eml files in the outbox given
 
 
-def forget(settings: Settings, email: str, *, clock: Clock = system_clock) -> Erasure:
-    """Erase a person for real; keep only a keyed hash so no later import brings them back."""
+def forget(settings: Settings, email: str, *, outbox: Path | None = None,
+           clock: Clock = system_clock) -> Erasure:
+    """Erase a person for real, and their .eml files in `outbox`; keep only a keyed hash."""
     key = address_key(email)
+    copies.check_outbox(outbox)
     with open_database(settings) as engine:
         with write_transaction(engine) as connection:
             row = store.find(connection, key)
@@ -180,7 +175,7 @@ def forget(settings: Settings, email: str, *, clock: Clock = system_clock) -> Er
         # secure_delete zeroed the freed cells; the checkpoint moves that into the main file
         # and empties the WAL, so the address is gone from the file's bytes.
         scrub(engine, rewrite=False)
-        return Erasure(email, row is not None)
+    return Erasure(email, row is not None, copies.remove_outbox_copies(outbox, key))
 
 
 # --- preview and pre-flight --------------------------------------------------------------
@@ -195,7 +190,7 @@ def preview(
 ) -> Preview:
     """The message one subscriber (default: the first active one) would receive."""
     campaign = load_campaign(settings, campaign_name)
-    with open_database(settings) as engine, write_transaction(engine) as connection:
+    with open_database(settings, create=False) as engine, write_transaction(engine) as connection:
         if email is not None:
             row = store.find(connection, address_key(email))
             if row is None:
@@ -220,7 +215,7 @@ def check_campaign(
 ) -> PreflightReport:
     """Pre-flight: make every active subscriber's message without sending; report problems."""
     campaign = load_campaign(settings, campaign_name)
-    with open_database(settings) as engine:
+    with open_database(settings, create=False) as engine:
         with write_transaction(engine) as connection:
             factory = preview_factory(campaign, token_secret(settings, connection))
             total = store.count_by_status(connection)[SubscriberStatus.ACTIVE.value]
@@ -237,7 +232,7 @@ def check_campaign(
 
 def status(settings: Settings, campaign: str | None = None) -> dict[str, Any]:
     """The contract's `mailer status --json` shape, for one campaign or for everything."""
-    with open_database(settings) as engine, read_transaction(engine) as connection:
+    with open_database(settings, create=False) as engine, read_transaction(engine) as connection:
         if campaign is not None:
             found = counts.campaign_status(connection, campaign)
             if found is None:
@@ -311,7 +306,7 @@ def report(
 ) -> Iterator[list[str]]:
     """The header, then one row per delivery in `states` (default: every one not sent)."""
     wanted = states or [s for s in DeliveryState if s is not DeliveryState.SENT]
-    with open_database(settings) as engine, read_transaction(engine) as connection:
+    with open_database(settings, create=False) as engine, read_transaction(engine) as connection:
         row = queueing.find_campaign(connection, campaign)
         if row is None:
             raise NotFoundError(
@@ -390,6 +385,8 @@ def serve(settings: Settings, host: str, port: int) -> None:
     """Answer unsubscribe links until stopped (see mailer.web.serve)."""
     from mailer import web  # the web stack (starlette, uvicorn) loads only for this
 
+    with open_database(settings, create=False):  # never a new, empty database
+        pass
     web.serve(settings, host, port)
 
 

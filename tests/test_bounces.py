@@ -143,10 +143,13 @@ def test_an_mbox_of_bounces_fails_the_right_deliveries_and_bounces_the_right_peo
     listed = summary["unrecognised_messages"]
     assert len(listed) == 4
     assert all(item["message"].startswith("message ") and item["reason"] for item in listed)
+    # issue 13: an unmatched report is listed with its reason and why it changes nobody
     assert summary["unmatched_reports"] == [
         {"message": summary["unmatched_reports"][0]["message"],
-         "recipient": "david.lefebvre@exemple.fr", "status": "5.1.1"}
+         "recipient": "david.lefebvre@exemple.fr", "status": "5.1.1",
+         "reason": "mailbox unknown", "because": "no subscriber with this address"}
     ]
+    assert (summary["untrusted"], summary["complaints"]) == (1, 0)
     assert summary["ignored_reasons"]
 
     # Again: the same counts, nothing changed, every report recognised as already imported.
@@ -172,8 +175,9 @@ def test_an_mbox_of_bounces_fails_the_right_deliveries_and_bounces_the_right_peo
 def test_the_human_summary_and_a_bounced_subscriber_is_skipped_by_retry(
     sent, database_url: str, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    # Gérard's message was deferred by the relay, not yet delivered: his bounce (from an
-    # earlier message, found by address) marks him bounced and skips that delivery.
+    # Gérard's message was deferred by the relay, not yet delivered: his bounce names him by
+    # address alone, with no delivery sent to him, so it is untrusted (issue 13: "a subscriber
+    # is bounced even when no delivery matched" was the forgery) and he stays on the list.
     engine = create_engine(database_url)
     with engine.begin() as connection:
         gerard = select(Subscriber.id).where(
@@ -194,10 +198,12 @@ def test_the_human_summary_and_a_bounced_subscriber_is_skipped_by_retry(
     assert "unmatched: message" in result.stdout
     assert "david.lefebvre@exemple.fr" in result.stdout
     assert "not understood: message" in result.stdout
-    assert ledger(database_url)["gerard.bonnet@mairie-exemple.fr"][:2] == ("bounced", "skipped")
+    assert ledger(database_url)["gerard.bonnet@mairie-exemple.fr"][:2] == ("active", "deferred")
+    assert "gerard.bonnet@mairie-exemple.fr" in result.stdout  # listed as unmatched, with why
+    assert "nothing was sent to it in the last 30 days" in result.stdout
     retry = sent("retry", "--outbox", "out2")
     assert retry.code == 0, retry.stderr
-    assert list(tmp_path.glob("out2/*.eml")) == []
+    assert len(list(tmp_path.glob("out2/*.eml"))) == 1  # Gérard's, and nobody bounced's
 
 
 def test_bounces_from_a_real_imap_server(
@@ -217,9 +223,11 @@ def test_bounces_from_a_real_imap_server(
     }
     # Read-only: nothing marked seen, nothing deleted.
     assert imap_server.flags() == flags_before
+    # The folder's last UID is remembered: the next import fetches nothing it has read.
+    before = ledger(database_url)
     again = json.loads(sent("bounces", "import", imap_server.url("INBOX"), "--json").stdout)
-    assert again["already_imported"] == 13
-    assert again["subscribers_bounced"] == 0
+    assert (again["messages"], again["subscribers_bounced"]) == (0, 0)
+    assert ledger(database_url) == before
 
 
 def test_unreadable_sources_are_one_line_errors(sent, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,8 @@ from sqlalchemy import Engine, func, select
 from mailer import api
 from mailer.core.config import Settings
 from mailer.core.states import DeliveryState as S
-from mailer.store import claims, outcomes, queueing
+from mailer.core.tokens import message_mac
+from mailer.store import claims, meta, outcomes, queueing
 from mailer.store.engine import open_engine, read_transaction, write_transaction
 from mailer.store.models import Attempt, Delivery, Subscriber
 from tests.fakes import FakeClock
@@ -53,8 +54,11 @@ def test_enqueue_is_idempotent_and_fixes_message_ids(
     with write_transaction(engine) as connection:
         assert queueing.enqueue(connection, row, "asso.fr", clock()) == 0
         ids = list(connection.execute(select(Delivery.subscriber_id, Delivery.message_id)))
+        key = meta.secret(connection, meta.MESSAGE_ID_KEY)
     assert len(ids) == 4  # the unsubscribed one is not queued
-    assert {m for _, m in ids} == {f"<n0nce.{s}@asso.fr>" for s, _ in ids}
+    # each carries the MAC of its delivery: one copy does not predict another (issue 13)
+    assert {m for _, m in ids} == {
+        f"<n0nce.{s}.{message_mac(key, 'n0nce', s)}@asso.fr>" for s, _ in ids}
     # A subscriber imported later is queued by the next enqueue, once.
     seed(settings, tmp_path, ["late@asso.fr"])
     with write_transaction(engine) as connection:
@@ -172,7 +176,11 @@ def test_expired_lease_becomes_uncertain_and_is_resent_unless_held(
     assert claim(engine, row, clock, include_uncertain=False).claimed == []
     again = claim(engine, row, clock, "w2", include_uncertain=True).claimed
     assert [c.origin for c in again] == [S.UNCERTAIN, S.UNCERTAIN]
-    assert {c.message_id for c in again} == {f"<n0nce.{c.recipient.id}@asso.fr>" for c in again}
+    with read_transaction(engine) as connection:
+        key = meta.secret(connection, meta.MESSAGE_ID_KEY)
+    assert {c.message_id for c in again} == {
+        f"<n0nce.{c.recipient.id}.{message_mac(key, 'n0nce', c.recipient.id)}@asso.fr>"
+        for c in again}
     with write_transaction(engine) as connection:
         names = claims.due_campaigns(connection, clock(), include_uncertain=True)
     assert names == []  # all are held by w2 now

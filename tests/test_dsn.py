@@ -37,10 +37,12 @@ EXPECTED: dict[str, Expected] = {
     "rfc3464-postfix.eml": Expected(
         "bounce", "rfc3464", (("bob.martin@exemple.fr", "permanent", "5.1.1", "failed"),),
         mid(1001), original=("bob.martin@exemple.fr",), structured=True),
+    # Original-Recipient is the address the list sent to (issue 13: Final-Recipient may be
+    # where an alias led, the wrong pick in flufl.bounce's dsn_04 and dsn_17)
     "multi-recipient.eml": Expected(
         "bounce", "rfc3464",
-        (("claire.petit@exemple.fr", "permanent", "5.2.2", "failed"),
-         ("denis.roux@exemple.fr", "temporary", "4.4.1", "delayed")),
+        (("bureau@exemple.fr", "permanent", "5.2.2", "failed"),
+         ("bureau@exemple.fr", "temporary", "4.4.1", "delayed")),
         mid(1002), original=("bureau@exemple.fr",), structured=True),
     "gmail-dsn.eml": Expected(
         "bounce", "gmail", (("camille.durand@exemple.fr", "permanent", "5.1.1", "failed"),),
@@ -453,7 +455,8 @@ def test_human_text_with_failure_words_is_not_a_bounce() -> None:
     assert parse(raw).kind == "unrecognised"
 
 
-def test_abuse_report_is_left_to_a_human() -> None:
+def test_abuse_report_is_a_complaint() -> None:
+    # issue 13: an ARF abuse report is a complaint (it was "left for a human" before)
     raw = (b"From: staff@hotmail.com\nTo: contact@asso.fr\nSubject: complaint\nMIME-Version: 1.0\n"
            b'Content-Type: multipart/report; report-type=feedback-report; boundary="F"\n\n'
            b"--F\nContent-Type: text/plain\n\nThis is an email abuse report.\n"
@@ -462,8 +465,11 @@ def test_abuse_report_is_left_to_a_human() -> None:
            b"--F\nContent-Type: message/rfc822\n\nMessage-ID: <3f9a1c2b7d4e.91@asso.fr>\n"
            b"To: anne@hotmail.com\n\nHello\n--F--\n")
     report = parse(raw)
-    assert (report.kind, report.format) == ("unrecognised", "arf")
+    assert (report.kind, report.format) == ("complaint", "arf")
     assert report.message_ids == ("<3f9a1c2b7d4e.91@asso.fr>",)
+    # no Original-Rcpt-To: the complaint is about the delivery the Message-ID names, never
+    # about the returned original's To
+    assert [(r.recipient, r.reason) for r in report.recipients] == [(None, "complaint")]
 
 
 @pytest.mark.parametrize(

@@ -23,8 +23,10 @@ def test_two_overlapping_imports_at_once(database_url: str, tmp_path: Path) -> N
         files.append(path)
     env = {**os.environ, "MAILER_DATABASE_URL": database_url}
     # Create the schema first: the race under test is the import, not the first migration.
+    # (`status` only reads and creates no database: an import of a header alone does.)
+    (tmp_path / "none.csv").write_text("email\n", encoding="utf-8")
     subprocess.run(
-        [sys.executable, "-m", "mailer", "status"],
+        [sys.executable, "-m", "mailer", "import", str(tmp_path / "none.csv")],
         env=env,
         cwd=tmp_path,
         check=True,
@@ -59,9 +61,11 @@ def test_first_use_by_two_processes_at_once_creates_the_schema_once(
     database_url: str, tmp_path: Path
 ) -> None:
     env = {**os.environ, "MAILER_DATABASE_URL": database_url}
+    # An import (of a header alone) creates the database; `status` only reads and would not.
+    (tmp_path / "none.csv").write_text("email\n", encoding="utf-8")
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "mailer", "status", "--json"],
+            [sys.executable, "-m", "mailer", "import", str(tmp_path / "none.csv"), "--json"],
             env=env,
             cwd=tmp_path,
             stdout=subprocess.PIPE,
@@ -73,4 +77,4 @@ def test_first_use_by_two_processes_at_once_creates_the_schema_once(
     for process in processes:
         stdout, stderr = process.communicate(timeout=60)
         assert process.returncode == 0, stderr
-        assert json.loads(stdout)["subscribers"]["active"] == 0
+        assert json.loads(stdout)["imported"] == 0

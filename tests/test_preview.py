@@ -107,6 +107,8 @@ def test_an_unknown_subscriber_or_campaign_is_an_error(listed) -> None:  # type:
 @pytest.mark.usefixtures("database_url")
 def test_preview_with_no_subscriber_says_what_to_do(cli, tmp_path: Path) -> None:
     shutil.copytree(REPO_TEMPLATES, tmp_path / "templates")
+    (tmp_path / "empty.csv").write_text("email\n", encoding="utf-8")
+    assert cli("import", str(tmp_path / "empty.csv")).code == 0  # preview makes no database
     result = cli("preview", "closure-notice")
     assert result.code == 1
     assert result.stderr.startswith("Error: no active subscriber to preview\nHint: import")

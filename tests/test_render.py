@@ -39,9 +39,11 @@ def test_the_closure_notice_is_the_announcement_in_french(templates: Path) -> No
     )
     assert parts.text.startswith("Bonjour Madame Dupont,\n\nVous vous êtes abonnés à la lettre")
     for passage in ("Fondé en mai 1993", "Balise", "Éveilléco", "Martine Buron",
-                    "12 février 2007", "document téléchargeable"):
+                    "12 février 2007"):
         assert passage in parts.text
         assert passage in (parts.html or "").replace("&nbsp;", " ")
+    # history_url is empty in the folder: no download is promised (issue 14, item 11)
+    assert "téléchargeable" not in parts.text + (parts.html or "")
     assert parts.text.endswith("https://cime.example.org/desabonnement/2a.TOKEN\n")
     assert parts.html is not None
     assert 'href="https://cime.example.org/desabonnement/2a.TOKEN"' in parts.html

@@ -131,7 +131,10 @@ def h1(reply: Reply) -> str:
 
 @contextmanager
 def running(settings: Settings, sock: socket.socket | None = None) -> Iterator[web.Server]:
-    """`web.create_app` under uvicorn on 127.0.0.1, in a background thread."""
+    """`web.create_app` under uvicorn on 127.0.0.1, in a background thread. A SQLite
+    database is created first: the server only reads and never creates one."""
+    if settings.database_url.startswith("sqlite"):
+        api.check_database(settings)
     server = web.Server(web.create_app(settings), sock or web.listen("127.0.0.1", 0),
                         log_config=None)
     server.start()

@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from mailer import web
+from mailer import api, web
 from mailer.core.config import Settings
 from mailer.core.tokens import token_subscriber_id
 from mailer.store.engine import open_engine
@@ -52,6 +52,8 @@ PATIENCE = 10.0  # seconds: what "at once" and "not stuck" may take at most on a
 
 @contextmanager
 def serving(settings: Settings, limits: Limits | None = None) -> Iterator[web.Server]:
+    if settings.database_url.startswith("sqlite"):
+        api.check_database(settings)  # `serve` only reads: it never creates the database
     server = web.Server(web.create_app(settings, limits=limits), web.listen("127.0.0.1", 0),
                        log_config=None)
     server.start()

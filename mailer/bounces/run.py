@@ -1,35 +1,39 @@
 """`mailer bounces import`: a mailbox of bounces in, the delivery ledger brought up to date.
 
-Each message is parsed (`dsn.parse`), each recipient report in it is matched to the delivery
-it is about (`store.bounces`) and recorded in a batch transaction. A permanent report fails the
-delivery and, when its status says the mailbox is gone, bounces the subscriber; a temporary
-one (a delay notice) is stored and changes nothing; auto-replies, read receipts and success
-notices are ignored; what cannot be understood is counted and listed, never fatal. Every
-report is stored under a key, so importing the same mailbox twice changes nothing.
+Each message is parsed (`dsn.parse`), each recipient report in it is tied to the delivery it
+is about, or to none, by the trust model, and what it may change is decided by the allow-list
+on its reason (both `trust`); it is recorded in a batch transaction. An untrusted report is
+stored and listed as unmatched, changing nobody; an abuse complaint unsubscribes; auto-replies,
+read receipts and success notices are ignored; what cannot be understood is counted and
+listed, never fatal. Every report is stored under a key, so importing the same mailbox twice
+changes nothing.
+
+What a message may cost (its size, batches, messages known from an earlier run and skipped
+before parsing, one that cannot be recorded set aside) is `intake`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from mailer.bounces.dsn import RecipientReport, Report, parse
-from mailer.bounces.mailboxes import MailItem
-from mailer.core.addresses import clean_address
+from mailer.bounces import intake, trust
+from mailer.bounces.dsn import RecipientReport, Report
+from mailer.bounces.mailboxes import ImapFolder, Mailbox, MailItem
+from mailer.bounces.trust import rules_of as rules_of
 from mailer.core.clock import Clock, system_clock
-from mailer.core.errors import AddressError
-from mailer.core.statuscodes import bounce_marks_subscriber
-from mailer.core.tokens import token_subscriber_id, verify_token
+from mailer.core.states import SubscriberStatus
 from mailer.store import bounces as store
 from mailer.store.engine import write_transaction
+from mailer.store.mailbox_state import last_uid
 from mailer.store.meta import token_secret
 
-BATCH = 100  # messages recorded per transaction
+BATCH = intake.BATCH  # messages recorded per transaction
 LISTED = 100  # unrecognised messages and unmatched reports listed in the summary
 
 Progress = Callable[[int, int | None], None]
@@ -38,7 +42,9 @@ Progress = Callable[[int, int | None], None]
 @dataclass
 class BounceSummary:
     """What one import found. Reports are counted one per recipient: `bounces` is
-    permanent + temporary, and also matched + unmatched."""
+    permanent + temporary, and also matched + unmatched. `untrusted`: reports tied to no
+    delivery (the unmatched bounces, and complaints), recorded but changing nobody;
+    `complaints`: subscribers unsubscribed by an abuse feedback report."""
 
     source: str
     messages: int = 0
@@ -51,7 +57,13 @@ class BounceSummary:
     unrecognised: int = 0
     subscribers_bounced: int = 0
     deliveries_failed: int = 0
+    complaints: int = 0
+    untrusted: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # bounce reports by reason
     already_imported: int = 0
+    known: int = 0  # messages an earlier import recorded: not parsed again
+    skipped: int = 0  # messages not imported: too large, or their reports could not be stored
+    skipped_messages: list[dict[str, str]] = field(default_factory=list)
     ignored_reasons: dict[str, int] = field(default_factory=dict)
     problems: list[dict[str, str]] = field(default_factory=list)
     unmatched_reports: list[dict[str, str | None]] = field(default_factory=list)
@@ -67,12 +79,18 @@ class BounceSummary:
             "unmatched": self.unmatched,
             "ignored": self.ignored,
             "subscribers_bounced": self.subscribers_bounced,
+            "complaints": self.complaints,
+            "untrusted": self.untrusted,
+            "reasons": self.reasons,
             "deliveries_failed": self.deliveries_failed,
             "already_imported": self.already_imported,
             "unrecognised": self.unrecognised,
             "ignored_reasons": self.ignored_reasons,
             "unrecognised_messages": self.problems,
             "unmatched_reports": self.unmatched_reports,
+            "known": self.known,
+            "skipped": self.skipped,
+            "skipped_messages": self.skipped_messages,
         }
 
 
@@ -85,21 +103,36 @@ def import_bounces(
     total: int | None = None,
     progress: Progress | None = None,
     clock: Clock = system_clock,
+    rules: trust.Rules | None = None,
 ) -> BounceSummary:
-    """Parse and record every message of `items`, BATCH messages per transaction."""
+    """Parse and record every message of `items`, BATCH messages per transaction (what an
+    earlier run recorded is skipped unparsed: see `intake`). `rules`: the trust model's
+    settings (default: 30 days, 3 reports in 14 days, no VERP)."""
     summary = BounceSummary(source)
-    batch: list[tuple[MailItem, Report]] = []
-    for item in items:
-        batch.append((item, parse(item.raw)))
-        if len(batch) >= BATCH:
-            _record_batch(engine, batch, summary, secret, clock)
-            batch = []
-            if progress is not None:
-                progress(summary.messages, total)
-    _record_batch(engine, batch, summary, secret, clock)
-    if progress is not None:
-        progress(summary.messages, total)
+    settings = rules or trust.Rules()
+    intake.import_items(
+        engine,
+        items,
+        summary,
+        lambda batch: _record_batch(engine, batch, summary, secret, clock, settings),
+        folder=items.folder if isinstance(items, Mailbox) else None,
+        clock=clock,
+        progress=(lambda: progress(summary.messages, total)) if progress is not None else None,
+    )
     return summary
+
+
+def resume_point(engine: Engine) -> Callable[[ImapFolder], int]:
+    """For open_mailbox(resume=...): the last UID recorded from an IMAP folder (0: none, or
+    another UIDVALIDITY), so that only newer messages are fetched."""
+
+    def last_recorded(folder: ImapFolder) -> int:
+        with engine.connect() as connection:
+            return last_uid(
+                connection, folder.host, folder.user, folder.folder, folder.uidvalidity
+            )
+
+    return last_recorded
 
 
 def _record_batch(
@@ -108,12 +141,14 @@ def _record_batch(
     summary: BounceSummary,
     secret: str | None,
     clock: Clock,
+    rules: trust.Rules,
 ) -> None:
     if not batch:
         return
     with write_transaction(engine) as connection:
         key = token_secret(connection, secret)
         now = clock()
+        rules = replace(rules, own_addresses=rules.own_addresses | trust.list_keys(connection))
         for item, report in batch:
             summary.messages += 1
             if report.kind == "ignored":
@@ -129,7 +164,8 @@ def _record_batch(
                     )
             else:
                 for index, recipient in enumerate(report.recipients):
-                    _record_report(connection, key, item, report, index, recipient, summary, now)
+                    _record_report(connection, key, item, report, index, recipient, summary, now,
+                                   rules)
 
 
 def _record_report(
@@ -141,91 +177,53 @@ def _record_report(
     recipient: RecipientReport,
     summary: BounceSummary,
     now: datetime,
+    rules: trust.Rules,
 ) -> None:
-    permanent = recipient.severity == "permanent"
-    summary.bounces += 1
-    if permanent:
-        summary.permanent += 1
-    else:
-        summary.temporary += 1
-    target = _match(connection, token_key, report, recipient)
-    if target is None:
-        summary.unmatched += 1
+    complaint = report.kind == "complaint"
+    if not complaint:
+        summary.bounces += 1
+        if recipient.severity == "permanent":
+            summary.permanent += 1
+        else:
+            summary.temporary += 1
+        summary.reasons[recipient.reason] = summary.reasons.get(recipient.reason, 0) + 1
+    tied = trust.tie(connection, token_key, report, recipient, rules, now)
+    if tied.target is None:
+        summary.untrusted += 1
+        summary.unmatched += not complaint
         if len(summary.unmatched_reports) < LISTED:
             summary.unmatched_reports.append(
                 {"message": item.key, "recipient": recipient.recipient,
-                 "status": recipient.status}
+                 "status": recipient.status, "reason": recipient.reason,
+                 "because": tied.because}
             )
     else:
-        summary.matched += 1
+        summary.matched += not complaint
+    change = trust.effect(connection, report, recipient, tied, rules, now)
     recorded = store.record(
         connection,
         key=_report_key(report, index, recipient),
-        target=target,
-        permanent=permanent,
-        marks_subscriber=bounce_marks_subscriber(recipient.status),
+        target=tied.target,
+        severity=recipient.severity,
         status=recipient.status,
         code=recipient.smtp_code,
         diagnostic=recipient.diagnostic,
         format=report.format,
+        reason=recipient.reason,
+        trust=tied.by or "untrusted",
         reported_at=report.date,
         now=now,
+        fail_delivery=change.fail_delivery,
+        subscriber_status=change.subscriber_status,
     )
     if not recorded.new:
         summary.already_imported += 1
     summary.deliveries_failed += recorded.delivery_failed
-    summary.subscribers_bounced += recorded.subscriber_bounced
-
-
-def _match(
-    connection: Connection, token_key: bytes, report: Report, recipient: RecipientReport
-) -> store.Target | None:
-    """The delivery (or at least the subscriber) a report is about.
-
-    The message mailer sent is known from its Message-ID (or a VERP token). mailer sends one
-    recipient per message, so a report naming another subscriber's address (the message was
-    forwarded to them) is about that subscriber: the address wins then. Last comes the
-    addressee of the returned original.
-    """
-    sent = store.by_message_ids(connection, report.message_ids)
-    if sent is None and report.verp:
-        sent = _by_verp(connection, token_key, report.verp)
-    named_key = _key_of(recipient.recipient) if recipient.recipient else None
-    if named_key is not None and (sent is None or named_key != sent.email_key):
-        named = store.by_address(connection, named_key)
-        if named is not None:
-            return named
-    if sent is not None:
-        return sent
-    for address in report.original_recipients:
-        found = _by_address(connection, address)
-        if found is not None:
-            return found
-    return None
-
-
-def _by_verp(connection: Connection, token_key: bytes, token: str) -> store.Target | None:
-    subscriber_id = token_subscriber_id(token)
-    if subscriber_id is None:
-        return None
-    candidate = store.by_subscriber(connection, subscriber_id)
-    if candidate is None or not verify_token(
-        token_key, token, candidate.subscriber_id, candidate.email_key
-    ):
-        return None
-    return candidate
-
-
-def _by_address(connection: Connection, address: str) -> store.Target | None:
-    email_key = _key_of(address)
-    return store.by_address(connection, email_key) if email_key is not None else None
-
-
-def _key_of(address: str) -> str | None:
-    try:
-        return clean_address(address)[0].key
-    except AddressError:
-        return None
+    if recorded.subscriber_changed:
+        if change.subscriber_status is SubscriberStatus.UNSUBSCRIBED:
+            summary.complaints += 1
+        else:
+            summary.subscribers_bounced += 1
 
 
 def _report_key(report: Report, index: int, recipient: RecipientReport) -> str:

@@ -9,12 +9,13 @@ go to standard output; progress to standard error, and only on a terminal.
 - `subscribers`: import, subscribers list / unsubscribe / forget;
 - `inspection`: preview (and its pre-flight check), status;
 - `sending`: send, retry, report;
-- `bounces`: bounces import;  `endpoint`: serve;  `retention`: purge.
+- `bounces`: bounces import;  `endpoint`: serve;  `retention`: purge;
+- `scaffolding`: campaign new.
 """
 
 from __future__ import annotations
 
-from mailer.cli import bounces, endpoint, inspection, retention, sending, subscribers
+from mailer.cli import bounces, endpoint, inspection, retention, scaffolding, sending, subscribers
 from mailer.cli.output import err, out
 from mailer.cli.root import app, main
 
@@ -31,3 +32,4 @@ app.command("serve")(endpoint.serve_command)
 app.command("purge")(retention.purge_command)
 app.add_typer(subscribers.subscribers_app, name="subscribers")
 app.add_typer(bounces.bounces_app, name="bounces")
+app.add_typer(scaffolding.campaign_app, name="campaign")

@@ -66,12 +66,31 @@ def _print_bounces(summary: api.BounceSummary) -> None:
         f"{count(summary.subscribers_bounced, 'subscriber')} marked bounced.",
         markup=False,
     )
+    if summary.complaints or summary.untrusted:
+        out.print(
+            f"{count(summary.complaints, 'subscriber')} unsubscribed by a complaint; "
+            f"{count(summary.untrusted, 'report')} tied to no delivery: recorded, changing "
+            "nobody.",
+            markup=False,
+        )
     if summary.already_imported:
         out.print(
             f"{count(summary.already_imported, 'report')} already imported: left as "
             f"{'it was' if summary.already_imported == 1 else 'they were'}.",
             markup=False,
         )
+    if summary.known:
+        out.print(
+            f"{count(summary.known, 'message')} recorded by an earlier import: not parsed again.",
+            markup=False,
+        )
+    if summary.skipped:
+        out.print(
+            f"{count(summary.skipped, 'message')} skipped (listed below): the rest is recorded.",
+            markup=False,
+        )
+    for skipped in summary.skipped_messages[:SHOWN]:
+        out.print(f"  skipped: {skipped['message']}: {skipped['reason']}", markup=False)
     for reason, number in sorted(summary.ignored_reasons.items()):
         out.print(f"  ignored: {number} × {reason}", markup=False)
     for problem in summary.problems[:SHOWN]:
@@ -83,7 +102,7 @@ def _print_bounces(summary: api.BounceSummary) -> None:
     for report in summary.unmatched_reports[:SHOWN]:
         out.print(
             f"  unmatched: {report['message']}: {report['recipient'] or 'no recipient'} "
-            f"({report['status'] or 'no status'})",
+            f"({report['status'] or 'no status'}, {report['reason']}): {report['because']}",
             markup=False,
         )
     listed = len(summary.problems[:SHOWN]) + len(summary.unmatched_reports[:SHOWN])

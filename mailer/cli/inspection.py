@@ -4,8 +4,9 @@ things stand. `print_check` is also what `mailer send` prints of its pre-flight.
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -139,3 +140,39 @@ def status_command(
         if item["next_attempt_at"]:
             line += f"; next attempt at {item['next_attempt_at']}"
         out.print(line, markup=False)
+        for held in held_lines(item):
+            out.print(f"  {held}", markup=False)
+
+
+def _local_time(iso: str) -> tuple[str, bool]:
+    """`23:51` (with the date when not today), local time; and whether it is past."""
+    moment = datetime.fromisoformat(iso)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    local, now = moment.astimezone(), datetime.now().astimezone()
+    shown = f"{local:%H:%M}" if local.date() == now.date() else f"{local:%Y-%m-%d %H:%M}"
+    return shown, moment <= now
+
+
+def held_lines(item: dict[str, Any]) -> list[str]:
+    """What holds a campaign's `sending` deliveries and until when (status's "held")."""
+    lines = []
+    for owner in item.get("held", {}).get("owners", []):
+        number, host, pid = owner["count"], owner["host"] or "?", owner["pid"]
+        who = (f"a process that stopped (pid {pid} on host {host})" if owner["stopped"]
+               else f"pid {pid} on host {host}" if pid is not None
+               else f"{owner['owner']!r}")
+        if owner["until"] is None:
+            lines.append(f"{number} held by {who}")
+            continue
+        until, past = _local_time(owner["until"])
+        if past:
+            lines.append(f"{number} held by {who}, whose lease ran out at {until}; "
+                         "`mailer retry` resends them now")
+        elif owner["stopped"] is False:
+            lines.append(f"{number} held by {who} (still running) until {until}; if it stops, "
+                         "`mailer retry` after that resends them")
+        else:
+            lines.append(f"{number} held by {who} until {until}; `mailer retry` after that "
+                         "resends them")
+    return lines

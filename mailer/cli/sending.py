@@ -15,9 +15,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mailer import api
-from mailer.cli.inspection import print_check
+from mailer.cli import asking
+from mailer.cli.aftermath import Tracked, print_held, print_stopped
+from mailer.cli.inspection import held_lines, print_check
 from mailer.cli.output import out, print_json, stderr
 from mailer.cli.root import settings_of
+from mailer.core.errors import InputError, MailerError
 from mailer.core.states import DeliveryState
 
 
@@ -97,6 +100,8 @@ def _print_run(report: api.RunReport) -> None:
             "sends each when due.",
             markup=False,
         )
+    for held in held_lines(report.status):
+        out.print(f"Held: {held}.", markup=False)
     if tally.lost:
         out.print(f"Not sent: {tally.lost} claimed deliveries whose lease ran out first (the "
                   "process was paused?); another run may have taken them over.", markup=False)
@@ -151,6 +156,20 @@ def send_command(
                      "send the rest with the new ones."),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Send without showing the plan and asking (on "
+                           "a terminal, a send through a relay asks first).")
+    ] = False,
+    test_to: Annotated[
+        str | None,
+        typer.Option("--test-to", help="Send one test message, rendered for a subscriber, to "
+                     "ADDRESS only; nothing is recorded.", metavar="ADDRESS"),
+    ] = None,
+    email: Annotated[
+        str | None,
+        typer.Option(help="With --test-to: the subscriber it is rendered for (default: the "
+                     "first active one).", metavar="SUBSCRIBER"),
+    ] = None,
 ) -> None:
     """Send a campaign: check every message, queue one per active subscriber, send.
 
@@ -160,14 +179,27 @@ def send_command(
     Example: mailer send closure-notice --limit 10, then: mailer send closure-notice
     """
     settings = settings_of(ctx, concurrency=concurrency, rate=rate, workers=workers)
+    if test_to is not None or email is not None:
+        if test_to is None:
+            raise InputError("--email goes with --test-to", hint="--test-to YOUR@ADDRESS")
+        asking.send_test_message(settings, campaign, test_to, email)
+        return
+    if not (yes or dry_run or outbox is not None) and asking.interactive():
+        asking.confirm_send(settings, campaign, limit)
+    tracked = Tracked(None)
     try:
         with _send_progress(f"Sending {campaign}", not as_json) as bars:
+            tracked.forward = bars.send
             report = api.send(
                 settings, campaign, dry_run=dry_run, limit=limit, outbox=outbox,
-                accept_changes=accept_changes, check_progress=bars.check, progress=bars.send,
+                accept_changes=accept_changes, check_progress=bars.check, progress=tracked,
             )
     except api.PreflightFailed as exc:
         print_check(exc.report, as_json=as_json)
+        raise
+    except MailerError:
+        if not as_json:
+            print_stopped(settings, campaign, tracked.tally)
         raise
     if as_json:
         print_json(report.as_json())
@@ -211,8 +243,15 @@ def retry_command(
     settings = settings_of(
         ctx, uncertain=uncertain.value if uncertain else None, workers=workers
     )
-    with _send_progress("Retrying", not as_json) as bars:
-        reports = api.retry(settings, campaign, outbox=outbox, progress=bars.send)
+    tracked = Tracked(None)
+    try:
+        with _send_progress("Retrying", not as_json) as bars:
+            tracked.forward = bars.send
+            reports = api.retry(settings, campaign, outbox=outbox, progress=tracked)
+    except MailerError:
+        if not as_json:
+            print_stopped(settings, campaign, tracked.tally)
+        raise
     sent = [r for r in reports if r.error is None]
     if as_json:
         if campaign is not None:
@@ -227,6 +266,7 @@ def retry_command(
             print_json(data)
     elif not reports:
         out.print("Nothing is due.")
+        print_held(settings, campaign)
     for report in [] if as_json else sent:
         _print_run(report)
     _exit_if_interrupted(reports)
@@ -263,3 +303,9 @@ def report_command(
                                delimiter=delimiter)
     if csv_path is not None:
         out.print(f"{written} deliveries written to {csv_path}", markup=False)
+    if not written:
+        stderr().print(
+            f"Nobody missed: every delivery of {campaign} was sent." if not state
+            else "No delivery in state " + " or ".join(s.value for s in state) + ".",
+            markup=False,
+        )

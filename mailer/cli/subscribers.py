@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from mailer import api
-from mailer.cli.output import SHOWN, out, print_json, progress_bar
+from mailer.cli.output import SHOWN, out, print_json, progress_bar, stderr
 from mailer.cli.root import settings_of
 from mailer.core.errors import MailerError
 from mailer.core.states import SubscriberStatus
@@ -176,15 +176,28 @@ def unsubscribe_command(
 def forget_command(
     ctx: typer.Context,
     email: Annotated[str, typer.Argument(help="The address to erase.", metavar="EMAIL")],
+    outbox: Annotated[
+        Path | None,
+        typer.Option(help="Also delete this person's .eml files in this outbox folder "
+                     "(written by `mailer send --outbox DIR`).", metavar="DIR"),
+    ] = None,
 ) -> None:
     """Erase a person for real (right to erasure): every row naming the address is deleted.
 
-    Only a keyed hash is kept, so a later import cannot bring them back.
+    Only a keyed hash is kept, so a later import cannot bring them back. Files written from
+    the database (outbox, reports, rejects) are named so you can remove them too.
 
-    Example: mailer subscribers forget helene@example.fr
+    Example: mailer subscribers forget helene@example.fr --outbox outbox
     """
-    erasure = api.forget(settings_of(ctx), email)
+    erasure = api.forget(settings_of(ctx), email, outbox=outbox)
     if erasure.was_subscriber:
         out.print(f"{email} erased; a later import will not add it again", markup=False)
     else:
         out.print(f"{email} was not in the list; recorded so that no import adds it", markup=False)
+    if outbox is not None:
+        out.print(f"{len(erasure.removed)} of their messages removed from {outbox}",
+                  markup=False)
+    stderr().print(
+        "Note: copies may remain outside the database: outbox folders (.eml files; "
+        "--outbox DIR removes them), CSV reports (`mailer report --csv`), rejects files "
+        "(`mailer import --rejects`) and backups.", markup=False)

@@ -95,6 +95,11 @@ class Settings:
     imap_ca_file: Path | None = None
     sender: str | None = None
     bounce_address: str | None = None  # VERP: the envelope sender becomes LOCAL+TOKEN@domain
+    # `bounces import`: a report tied by address alone needs a delivery sent to it this recently;
+    # a full mailbox (or a temporary "gone") bounces the subscriber once it repeats this often
+    bounce_recent_days: float = 30.0
+    bounce_repeat_count: int = 3
+    bounce_repeat_days: float = 14.0
     secret: str | None = field(default=None, repr=False)
     unsubscribe_url: str | None = None
     unsubscribe_mailto: str | None = None
@@ -130,6 +135,9 @@ _KEYS: dict[str, str] = {
     "imap_ca_file": "imap_ca_file",
     "from": "sender",
     "bounce_address": "bounce_address",
+    "bounce_recent_days": "bounce_recent_days",
+    "bounce_repeat_count": "bounce_repeat_count",
+    "bounce_repeat_days": "bounce_repeat_days",
     "unsubscribe_url": "unsubscribe_url",
     "unsubscribe_mailto": "unsubscribe_mailto",
     "retry_base_delay": "retry_base_delay",
@@ -148,10 +156,12 @@ _INT_RANGES = {
     "concurrency": (1, 1000),
     "workers": (1, 64),
     "smtp_max_messages": (1, 10**6),
+    "bounce_repeat_count": (1, 1000),
 }
 _SECONDS = frozenset({
     "retry_base_delay", "retry_max_delay", "retry_max_age", "lease_seconds",
     "smtp_timeout", "smtp_data_timeout",
+    "bounce_recent_days", "bounce_repeat_days",  # days, but the same rule: more than zero
 })
 
 
@@ -169,7 +179,8 @@ def _convert(attr: str, value: Any, *, source: str) -> Any:
         if attr in _SECONDS:
             seconds = float(value)
             if seconds <= 0:
-                raise ValueError("must be more than zero seconds")
+                unit = "days" if attr.endswith("_days") else "seconds"
+                raise ValueError(f"must be more than zero {unit}")
             return seconds
         if attr == "smtp_security":
             text = str(value).strip().lower()
@@ -224,6 +235,35 @@ def _read_secret_file(variable: str, path_text: str) -> str:
         raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror}") from exc
 
 
+MIN_SECRET_BYTES = 16
+
+
+def _checked_secret(value: str) -> str:
+    """MAILER_SECRET keys every unsubscribe link: a guessable one lets anyone unsubscribe
+    anyone, so it must hold at least MIN_SECRET_BYTES bytes."""
+    if len(value.encode("utf-8")) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"MAILER_SECRET is too short: at least {MIN_SECRET_BYTES} bytes are needed",
+            hint="generate one: python -c 'import secrets; print(secrets.token_hex(32))' "
+            "(or unset it: a random key is then kept in the database)",
+        )
+    return value
+
+
+_URL_PASSWORD = re.compile(r"^[^:/?#]+://[^/?#@]*:[^/?#@]*@")
+
+
+def _refuse_url_password(path: Path, url: str | None) -> None:
+    """A password inside database_url is a secret in a file that is copied and shared."""
+    if url and _URL_PASSWORD.match(url):
+        raise ConfigError(
+            f"{path}: database_url holds a password, and secrets are not read from mailer.toml",
+            hint="keep the URL without its password in the file and set MAILER_DATABASE_URL "
+            "(with the password) in the environment, or use the server's own password file "
+            "(~/.pgpass for PostgreSQL)",
+        )
+
+
 def load_settings(
     config_path: Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -253,6 +293,8 @@ def load_settings(
                     hint=f"known settings: {', '.join(sorted(_KEYS))}",
                 )
             values[_KEYS[key]] = _convert(_KEYS[key], raw, source=str(path))
+            if key == "database_url":
+                _refuse_url_password(path, values["database_url"])
         values["config_file"] = path
 
     for key, attr in _KEYS.items():
@@ -273,7 +315,7 @@ def load_settings(
             "MAILER_IMAP_PASSWORD_FILE", env["MAILER_IMAP_PASSWORD_FILE"]
         )
     if env.get("MAILER_SECRET"):
-        values["secret"] = env["MAILER_SECRET"]
+        values["secret"] = _checked_secret(env["MAILER_SECRET"])
 
     settings = Settings(**values)
     if settings.retry_max_delay < settings.retry_base_delay:

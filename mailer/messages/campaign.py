@@ -88,10 +88,12 @@ def load_campaign(settings: Settings, name: str) -> Campaign:
     folder = templates_dir / name
     if not folder.is_dir():
         known = campaign_names(templates_dir)
+        searched = templates_dir.absolute()  # relative to the current directory: say which
         raise NotFoundError(
-            f"unknown campaign {name!r}: no folder {folder}",
-            hint=f"campaigns in {templates_dir}: {', '.join(known)}" if known
-            else f"create {folder}/ with {METADATA}, {SUBJECT} and {TEXT}",
+            f"unknown campaign {name!r}: no folder {name} in {searched}",
+            hint=(f"campaigns in {templates_dir}: {', '.join(known)}" if known
+                  else f"`mailer campaign new {name}` creates one")
+            + f"; the folder searched is MAILER_TEMPLATES_DIR (now {searched})",
         )
     for required in (METADATA, SUBJECT, TEXT):
         if not (folder / required).is_file():

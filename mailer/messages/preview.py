@@ -42,9 +42,19 @@ class Preview:
         encoded words of one display name, which RFC 2047 (6.2) says to drop; the older
         decoder drops it, so a long name reads exactly as it was written.
         """
-        raw = BytesParser(policy=email_policy.compat32).parsebytes(
+        parsed = BytesParser(policy=email_policy.compat32).parsebytes(
             self.outgoing.data, headersonly=True
-        ).get(name)
+        )
+        # The stored value, not get()'s: that one turns raw UTF-8 into U+FFFD replacements.
+        raw = next((v for k, v in parsed.raw_items() if k.lower() == name.lower()), None)
         if raw is None:
             return None
-        return str(make_header(decode_header(" ".join(str(raw).split()))))
+        text = " ".join(str(raw).split())
+        if not text.isascii():
+            # A message for an SMTPUTF8 address carries its headers as raw UTF-8, which the
+            # parser hands back as surrogate escapes: the text is those bytes, decoded.
+            text = text.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+        try:
+            return str(make_header(decode_header(text)))
+        except (UnicodeError, LookupError):  # raw UTF-8 beside encoded words: as it is
+            return text

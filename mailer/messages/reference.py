@@ -80,9 +80,15 @@ def boundary_for(campaign: Campaign) -> str:
     )[:24]
 
 
-def message_id(nonce: str, recipient_id: int, domain: str) -> str:
-    """`<nonce.id@domain>`: unique per campaign and subscriber, the same on every retry."""
-    return f"<{nonce}.{recipient_id}@{domain}>"
+def message_id(nonce: str, recipient_id: int, domain: str, mac: str = "") -> str:
+    """`<nonce.id.MAC@domain>`: unique per campaign and subscriber, the same on every retry.
+
+    A delivery's id is fixed when it is queued, with the MAC of `mailer.core.tokens.message_mac`
+    so that it cannot be guessed from another subscriber's copy; ids made without one (previews,
+    test sends, deliveries queued before the MAC) keep the old `<nonce.id@domain>` shape.
+    """
+    local = f"{nonce}.{recipient_id}.{mac}" if mac else f"{nonce}.{recipient_id}"
+    return f"<{local}@{domain}>"
 
 
 @dataclass(frozen=True)

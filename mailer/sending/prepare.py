@@ -14,14 +14,17 @@ from mailer.core.addresses import clean_address
 from mailer.core.config import Settings
 from mailer.core.errors import AddressError, ConfigError, InputError
 from mailer.core.people import Recipient
+from mailer.core.states import DeliveryState
 from mailer.messages.campaign import Campaign
 from mailer.messages.factory import MessageFactory
 from mailer.messages.preflight import PreflightReport, preflight
 from mailer.sending.workers import CheckProgress, check_in_workers
-from mailer.store import queueing
+from mailer.store import counts, queueing
 from mailer.store.engine import read_transaction
 
 CHECKS_PER_WORKER = 2000  # a shorter list is checked in this process alone
+WAITING = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.DEFERRED,
+           DeliveryState.UNCERTAIN)
 
 
 def fingerprint(campaign: Campaign) -> str:
@@ -126,5 +129,26 @@ class ListCheck:
         """The whole list, in up to `workers` processes for a long one."""
         workers = min(workers, max(1, self.count(engine) // CHECKS_PER_WORKER))
         if workers <= 1:
-            return self.check_share(0, 1, engine, progress)
-        return check_in_workers(engine, workers, self, progress)
+            report = self.check_share(0, 1, engine, progress)
+        else:
+            report = check_in_workers(engine, workers, self, progress)
+        if report.checked == 0 and self.campaign_id is not None:
+            self._say_what_is_queued(engine, report)
+        return report
+
+    def _say_what_is_queued(self, engine: Engine, report: PreflightReport) -> None:
+        """Nobody left to check because everyone is queued already: say so, not "nothing
+        would be sent" (the run may well send what is queued)."""
+        with read_transaction(engine) as connection:
+            found = counts.campaign_status(connection, self.factory.campaign.name)
+        if not found or not found["total"]:
+            return
+        states = found["counts"]
+        waiting = sum(states[s.value] for s in WAITING)
+        done = found["total"] - waiting - states[DeliveryState.SENT.value]
+        report.warnings = [w for w in report.warnings if not w.startswith("no active subscriber")]
+        report.warnings.append(
+            f"no new subscriber to queue: {waiting} already queued, "
+            f"{states[DeliveryState.SENT.value]} already sent"
+            + (f", {done} failed or skipped" if done else "")
+        )

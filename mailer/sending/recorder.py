@@ -10,9 +10,7 @@ acknowledged in the last flush interval without their record.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -23,6 +21,7 @@ from sqlalchemy import Engine
 
 from mailer.core.clock import Clock
 from mailer.core.delivery import Reply, Stage
+from mailer.core.leases import lease_owner
 from mailer.core.states import DeliveryState
 from mailer.store import claims, outcomes
 from mailer.store.engine import write_transaction
@@ -33,8 +32,9 @@ UNRECORDED_LIMIT = 1000  # senders wait while this many replies await their comm
 
 
 def worker_name() -> str:
-    """Who holds a lease: host, process and a random suffix (pids are reused)."""
-    return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(3)}"
+    """Who holds a lease: host, process and a random suffix (pids are reused); read back by
+    mailer.core.leases.describe_owner for `mailer status`."""
+    return f"{lease_owner()}:{secrets.token_hex(3)}"
 
 
 class Recorder:

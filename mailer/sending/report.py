@@ -2,18 +2,21 @@
 
 A file gets UTF-8 with a byte-order mark (Excel opens it right); standard output gets plain
 UTF-8. Every cell is formula-safe (a spreadsheet shows it, never runs it: see `rejects`).
+A file is readable by its owner only (it holds personal data). A reader that stops early
+(`mailer report … | head -3`) is not an error: the rest is dropped quietly.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
 from mailer.core.errors import InputError
-from mailer.imports.rejects import formula_safe
+from mailer.imports.rejects import formula_safe, open_private
 
 
 def write_report(rows: Iterable[list[str]], path: Path | None, delimiter: str = ",") -> int:
@@ -23,7 +26,7 @@ def write_report(rows: Iterable[list[str]], path: Path | None, delimiter: str = 
         handle = sys.stdout
     else:
         try:
-            handle = path.open("w", encoding="utf-8-sig", newline="")
+            handle = open_private(path)
         except OSError as exc:
             raise InputError(f"cannot write {path}: {exc.strerror}") from exc
     written = -1
@@ -32,9 +35,26 @@ def write_report(rows: Iterable[list[str]], path: Path | None, delimiter: str = 
         for row in rows:
             writer.writerow([formula_safe(cell) for cell in row])
             written += 1
+        if path is None:
+            handle.flush()
+    except BrokenPipeError:
+        if path is not None:
+            raise InputError(f"cannot write {path}: broken pipe") from None
+        _quiet_stdout()
     except OSError as exc:
         raise InputError(f"cannot write {path or 'standard output'}: {exc.strerror}") from exc
     finally:
         if path is not None:
             handle.close()
     return max(written, 0)
+
+
+def _quiet_stdout() -> None:
+    """Standard output's reader has gone (`| head`): send what is left, including what is
+    still buffered and flushed at exit, to /dev/null, so Python says nothing at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real descriptor (a test's captured output)
+        pass

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 import ssl
 from dataclasses import replace
@@ -49,10 +50,48 @@ _COMMANDS = {
     Stage.DATA_END: "the message (after the final dot)",
 }
 TLS_HINT = "check smtp_security (tls for port 465, starttls for 587) and smtp_ca_file"
+LOGIN_HINT = (
+    "set MAILER_SMTP_USERNAME and MAILER_SMTP_PASSWORD (or MAILER_SMTP_PASSWORD_FILE), or "
+    "username and password_env in a [[relay]] of mailer.toml"
+)
+_CORE_MIN = 8  # base64 fragments shorter than this are not scrubbed (they match too much)
+
+
+def secret_forms(secret: str) -> list[str]:
+    """The forms a relay may echo a password in, longest first: as is; in base64 (AUTH LOGIN
+    sends it so); and, for each of the three alignments, the base64 characters made of its
+    bytes alone, which appear wherever it sits inside a longer base64 string (AUTH PLAIN's
+    `\0user\0password`)."""
+    raw = secret.encode("utf-8")
+    whole = base64.b64encode(raw).decode("ascii")
+    forms = {secret, whole, whole.rstrip("=")}
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + raw).decode("ascii")
+        core = encoded[-(-8 * shift // 6): 8 * (shift + len(raw)) // 6]
+        if len(core) >= _CORE_MIN:
+            forms.add(core)
+    return sorted((form for form in forms if form), key=len, reverse=True)
 
 
 def _scrub(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
+    if not secret:
+        return text
+    for form in secret_forms(secret):
+        text = text.replace(form, "***")
+    return text
+
+
+def _wants_login(code: int, message: str) -> bool:
+    """530 5.7.0 (RFC 4954): the relay accepts mail only after AUTH."""
+    lowered = message.lower()
+    return code == 530 or (code >= 500 and "authentication required" in lowered)
+
+
+def _login_error(relay: str, code: int, message: str) -> ConfigError:
+    return ConfigError(
+        f"the relay {relay} wants a login (SMTP AUTH) before it accepts mail: {code} {message}",
+        hint=LOGIN_HINT,
+    )
 
 
 def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
@@ -134,6 +173,14 @@ def _translate(
             f"the relay {relay} refuses the SMTP credentials: {text}",
             hint="check MAILER_SMTP_USERNAME and MAILER_SMTP_PASSWORD",
         )
+    if (isinstance(exc, SMTPResponseException) and stage is not Stage.DATA_END
+            and not isinstance(exc, SMTPAuthenticationError) and _wants_login(exc.code, message)):
+        return _login_error(relay, exc.code, message)
+    if isinstance(exc, SMTPRecipientsRefused) and any(
+        _wants_login(r.code, r.message) for r in exc.recipients
+    ):
+        refusal = next(r for r in exc.recipients if _wants_login(r.code, r.message))
+        return _login_error(relay, refusal.code, refusal.message)
     if isinstance(exc, SMTPSenderRefused) and stage is not Stage.CONNECT:
         # 552 at MAIL is the SIZE check (the message, not the sender).
         if 500 <= exc.code < 600 and exc.code != 552:

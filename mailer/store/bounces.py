@@ -1,9 +1,10 @@
 """Every SQL statement of `mailer bounces import`: find what a bounce is about, record it.
 
-A bounce report is matched, most trusted first, by the Message-ID mailer gave the original
-message (fixed when the delivery was queued), by a VERP token, then by the failed recipient's
-address (that subscriber's most recent delivery). Each report is stored once under its key, so
-importing the same mailbox again finds every report already here and changes nothing.
+The lookups the trust model (`mailer.bounces.trust`) asks for: the delivery that carried a
+Message-ID, a subscriber named by a verified VERP token with their latest delivery, a
+subscriber by address with the delivery sent to them since a given time, the list's own
+addresses, and how often a subscriber's reports repeated. Each report is stored once under its
+key, so importing the same mailbox again finds every report already here and changes nothing.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
 from mailer.core.states import DeliveryState, SubscriberStatus, origins_of
 from mailer.store.engine import dialect_insert
-from mailer.store.models import Bounce, Delivery, Subscriber
+from mailer.store.models import Bounce, Campaign, Delivery, Subscriber
 from mailer.store.subscribers import set_status
 
 S = DeliveryState
@@ -32,6 +33,10 @@ class Target:
     email_key: str
     delivery_id: int | None
 
+
+# Message-IDs per lookup, most trusted first: one bound parameter each, far below every
+# database's limit (SQLite 32,766, PostgreSQL 65,535), however many a caller passes.
+ID_CHUNK = 500
 
 # Statements built once (a mailbox of bounces runs them for each report): the values travel
 # as bind parameters, so each compiles once and is served from SQLAlchemy's cache.
@@ -70,14 +75,14 @@ _FAIL = (
 
 def by_message_ids(connection: Connection, message_ids: Sequence[str]) -> Target | None:
     """The delivery that carried one of these Message-IDs (the first one that matches)."""
-    if not message_ids:
-        return None
-    rows = connection.execute(_BY_MESSAGE_IDS, {"b_ids": list(message_ids)}).all()
-    found = {row.message_id: row for row in rows}
-    for message_id in message_ids:
-        row = found.get(message_id)
-        if row is not None:
-            return Target(row.sid, row.email_key, row.id)
+    for start in range(0, len(message_ids), ID_CHUNK):
+        chunk = list(message_ids[start : start + ID_CHUNK])
+        rows = connection.execute(_BY_MESSAGE_IDS, {"b_ids": chunk}).all()
+        found = {row.message_id: row for row in rows}
+        for message_id in chunk:
+            row = found.get(message_id)
+            if row is not None:
+                return Target(row.sid, row.email_key, row.id)
     return None
 
 
@@ -93,6 +98,49 @@ def by_address(connection: Connection, email_key: str) -> Target | None:
 
 def _target(row: Any) -> Target | None:
     return Target(row.id, row.email_key, row.delivery_id) if row is not None else None
+
+
+# The delivery a report tied by address alone may be about: one that went out (or may have)
+# to this subscriber since the given time.
+_SENT_SINCE = (
+    select(Delivery.id)
+    .where(
+        Delivery.subscriber_id == bindparam("b_id"),
+        Delivery.state.in_([S.SENT.value, S.UNCERTAIN.value, S.FAILED.value]),
+        func.coalesce(Delivery.sent_at, Delivery.first_attempt_at) >= bindparam("b_since"),
+    )
+    .order_by(Delivery.sent_at.desc().nulls_last(), Delivery.id.desc())
+    .limit(1)
+)
+
+
+def sent_since(connection: Connection, subscriber_id: int, since: datetime) -> int | None:
+    """The subscriber's latest delivery that went out at `since` or later, or None."""
+    found = connection.scalar(_SENT_SINCE, {"b_id": subscriber_id, "b_since": since})
+    return int(found) if found is not None else None
+
+
+def list_addresses(connection: Connection) -> set[str]:
+    """Every address the list sends from (campaign senders, `Name <a@b>` or bare): never a
+    failed recipient a report can name by address alone."""
+    return {sender for sender in connection.scalars(select(Campaign.sender).distinct())
+            if sender}
+
+
+def repeats(
+    connection: Connection, subscriber_id: int, reasons: Sequence[str], gone: Sequence[str],
+    since: datetime,
+) -> int:
+    """How many reports tied to the subscriber since `since` said one of `reasons`, or were
+    temporary and said one of `gone`: what the repeat rule counts."""
+    when = func.coalesce(Bounce.reported_at, Bounce.imported_at)
+    return int(connection.scalar(
+        select(func.count()).select_from(Bounce).where(
+            Bounce.subscriber_id == subscriber_id, when >= since,
+            or_(Bounce.reason.in_(list(reasons)),
+                and_(Bounce.severity == "temporary", Bounce.reason.in_(list(gone)))),
+        )
+    ) or 0)
 
 
 _INSERTS: dict[str, Any] = {}  # by dialect: the INSERT ... ON CONFLICT (key) DO NOTHING
@@ -113,6 +161,8 @@ def _insert(connection: Connection) -> Any:
                 format=bindparam("b_format"),
                 reported_at=bindparam("b_reported"),
                 imported_at=bindparam("b_now"),
+                reason=bindparam("b_reason"),
+                trust=bindparam("b_trust"),
             )
             .on_conflict_do_nothing(index_elements=["key"])
             .returning(Bounce.id)
@@ -124,7 +174,7 @@ def _insert(connection: Connection) -> Any:
 class Recorded:
     new: bool  # False: this report was already imported; nothing was changed
     delivery_failed: bool = False
-    subscriber_bounced: bool = False
+    subscriber_changed: bool = False  # moved from active to the status asked for
 
 
 def record(
@@ -132,20 +182,24 @@ def record(
     *,
     key: str,
     target: Target | None,
-    permanent: bool,
-    marks_subscriber: bool,
+    severity: str,
     status: str | None,
     code: int | None,
     diagnostic: str,
     format: str,
+    reason: str,
+    trust: str | None,
     reported_at: datetime | None,
     now: datetime,
+    fail_delivery: bool = False,
+    subscriber_status: SubscriberStatus | None = None,
 ) -> Recorded:
-    """Store one report; for a permanent one, fail the delivery and bounce the subscriber.
+    """Store one report; fail the delivery, change the subscriber's status, as asked.
 
-    A temporary report (a delay notice) is stored and changes no state. The delivery's state
-    changes by compare-and-set, from the states a bounce may leave: a delivery being sent right
-    now is left to its sender.
+    What a report may change is the caller's decision (`mailer.bounces.trust`); a report
+    already imported changes nothing. The delivery's state changes by compare-and-set, from
+    the states a bounce may leave: a delivery being sent right now is left to its sender. A
+    subscriber only ever leaves `active` (see `subscribers.set_status`).
     """
     inserted = connection.execute(
         _insert(connection),
@@ -153,20 +207,22 @@ def record(
             "b_key": key,
             "b_delivery": target.delivery_id if target else None,
             "b_subscriber": target.subscriber_id if target else None,
-            "b_severity": "permanent" if permanent else "temporary",
+            "b_severity": severity,
             "b_status": status,
             "b_diagnostic": diagnostic,
             "b_format": format[:32],
             "b_reported": reported_at,
             "b_now": now,
+            "b_reason": reason[:32],
+            "b_trust": trust,
         },
     ).first()
     if inserted is None:
         return Recorded(new=False)
-    if target is None or not permanent:
+    if target is None:
         return Recorded(new=True)
     failed = False
-    if target.delivery_id is not None:
+    if fail_delivery and target.delivery_id is not None:
         failed = bool(
             connection.execute(
                 _FAIL,
@@ -174,7 +230,7 @@ def record(
                  "b_reply": f"bounce: {diagnostic}"[:2000], "b_now": now},
             ).rowcount
         )
-    bounced = marks_subscriber and (
-        set_status(connection, target.email_key, SubscriberStatus.BOUNCED, now) is not None
+    changed = subscriber_status is not None and (
+        set_status(connection, target.email_key, subscriber_status, now) is not None
     )
-    return Recorded(new=True, delivery_failed=failed, subscriber_bounced=bounced)
+    return Recorded(new=True, delivery_failed=failed, subscriber_changed=changed)

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from mailer.core.leases import describe_owner
 from mailer.core.states import DeliveryState
 from mailer.store.models import Campaign, Delivery
 
@@ -50,9 +51,32 @@ def campaign_status(connection: Connection, name: str) -> dict[str, Any] | None:
             Delivery.campaign_id == campaign_id, Delivery.state == DeliveryState.DEFERRED.value
         )
     )
-    return {
+    found_status: dict[str, Any] = {
         "campaign": name,
         "total": sum(counts.values()),
         "counts": counts,
         "next_attempt_at": _iso(next_attempt),
     }
+    if counts[DeliveryState.SENDING.value]:
+        found_status["held"] = held(connection, campaign_id)
+    return found_status
+
+
+def held(connection: Connection, campaign_id: int) -> dict[str, Any]:
+    """The deliveries in `sending`, by the process holding them and until when (an extra key
+    of the status: a run stopped by kill -9 leaves them held until their lease expires, and
+    nothing sends them before): {"count", "until", "owners": [{"owner", "host", "pid",
+    "stopped", "count", "until"}]}; `stopped` is known on the owner's own host only."""
+    owners = []
+    for owner, number, until in connection.execute(
+        select(Delivery.lease_owner, func.count(), func.max(Delivery.lease_expires_at))
+        .where(Delivery.campaign_id == campaign_id,
+               Delivery.state == DeliveryState.SENDING.value)
+        .group_by(Delivery.lease_owner)
+        .order_by(func.max(Delivery.lease_expires_at))
+    ):
+        owners.append({"owner": owner, **describe_owner(owner), "count": number,
+                       "until": _iso(until)})
+    ends = [o["until"] for o in owners if o["until"]]
+    return {"count": sum(o["count"] for o in owners), "until": max(ends) if ends else None,
+            "owners": owners}

@@ -39,7 +39,21 @@ def _sqlite_path(url: str) -> Path | None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
+    if parsed.query.get("uri") == "true":  # sqlite:///file:PATH?mode=ro&uri=true
+        return Path(parsed.database.removeprefix("file:"))
     return Path(parsed.database)
+
+
+def _require_existing(url: str, path: Path) -> None:
+    """Commands that only read never create a database (nor its folder): a wrong
+    MAILER_DATABASE_URL, or a relative one run from another directory, is said as such."""
+    if path.exists():
+        return
+    raise ConfigError(
+        f"no database at {path.absolute()}",
+        hint=f"MAILER_DATABASE_URL is {describe(url)} (a relative path starts from the current "
+        "directory); point it at your database, or `mailer import FILE.csv` to create one",
+    )
 
 
 def _create_private_file(path: Path) -> None:
@@ -87,8 +101,9 @@ def _on_sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql(f"BEGIN {mode}")
 
 
-def open_engine(url: str) -> Engine:
-    """An engine for `url`, with mailer's settings for its backend."""
+def open_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for `url`, with mailer's settings for its backend; without `create`, a
+    SQLite file that does not exist is a ConfigError instead of a new empty database."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -110,7 +125,9 @@ def open_engine(url: str) -> Engine:
             pool_pre_ping=True, connect_args={"connect_timeout": 10, "prepare_threshold": None}
         )
     path = _sqlite_path(url)
-    if path is not None:
+    if path is not None and not create:
+        _require_existing(url, path)
+    elif path is not None and parsed.query.get("uri") != "true":
         _create_private_file(path)
     try:
         engine = create_engine(parsed, **options)
@@ -128,6 +145,18 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
+@contextmanager
+def database(url: str, *, create: bool = True) -> Iterator[Engine]:
+    """The engine for `url`, schema created or upgraded, disposed of at the end; without
+    `create`, a SQLite file that does not exist is a ConfigError (see open_engine)."""
+    engine = open_engine(url, create=create)
+    try:
+        ensure_schema(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def _translate_database_error(context: ExceptionContext) -> None:
     """The one place SQLAlchemy's failures become mailer's errors (an engine `handle_error`
     hook, so no call site wraps its statements by hand): an unreachable, locked or broken
@@ -142,6 +171,14 @@ def _translate_database_error(context: ExceptionContext) -> None:
     detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
     if dialect == "sqlite" and "not a database" in detail:
         raise SchemaError(f"{where} is not a SQLite database ({detail})") from exc
+    if dialect == "sqlite" and ("readonly database" in detail or "unable to open" in detail):
+        # Permissions do not fix themselves: not "try again later" (75), which cron would
+        # retry forever, but a configuration problem (78).
+        raise ConfigError(
+            f"the database {where} is read-only or cannot be opened ({detail})",
+            hint="mailer needs write permission on the database file and on its folder "
+            "(SQLite writes its -wal and -shm files beside it); check the owner and modes",
+        ) from exc
     if not isinstance(exc, OperationalError):
         return
     locked = getattr(exc.orig, "sqlstate", None) == "55P03"  # PostgreSQL lock_timeout

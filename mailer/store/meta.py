@@ -10,9 +10,12 @@ from mailer.store.engine import dialect_insert
 from mailer.store.models import Meta
 
 # Names of the secrets (not secrets): unsubscribe tokens, unless MAILER_SECRET is set;
-# and the key of the hashes of erased addresses, never rotated.
+# the key of the hashes of erased addresses, never rotated; the key of the MACs in Message-IDs
+# (generated, never configured: an id is checked by being found, so the key may never change
+# what was already sent, and MAILER_SECRET may be rotated without touching it).
 TOKEN_SECRET = "token_secret"  # noqa: S105
 SUPPRESSION_KEY = "suppression_key"
+MESSAGE_ID_KEY = "message_id_key"
 
 
 def secret(connection: Connection, name: str) -> bytes:

@@ -165,6 +165,8 @@ class Bounce(Base):
 
     `key` identifies the report (the bounce message's fingerprint, the recipient, the status),
     so importing the same mailbox twice finds every report already here and changes nothing.
+    A complaint (an abuse feedback report) is stored here too: severity permanent, reason
+    "complaint".
     The diagnostic may name the address: `mailer purge` removes these rows with the deliveries.
     """
 
@@ -187,6 +189,11 @@ class Bounce(Base):
     format: Mapped[str] = mapped_column(String(32))
     reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     imported_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # Why (mailer.bounces.dsn.reasons: "mailbox unknown", "mailbox full", "complaint"...), and
+    # what tied the report to its delivery: "verp", "message-id", "address", or "untrusted"
+    # (recorded, changing nobody; no delivery or subscriber kept). None: imported before 0003.
+    reason: Mapped[str | None] = mapped_column(String(32))
+    trust: Mapped[str | None] = mapped_column(String(16))
 
 
 class Purge(Base):
@@ -218,3 +225,34 @@ class ImportRun(Base):
     unchanged: Mapped[int] = mapped_column(Integer, default=0)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
     rejected: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class MailboxFolder(Base):
+    """How far `mailer bounces import` read an IMAP folder: the highest UID it recorded. UIDs
+    name the same messages only while the folder keeps its UIDVALIDITY: under another one the
+    folder is read again from the start."""
+
+    __tablename__ = "mailbox_folders"
+    __table_args__ = (UniqueConstraint("host", "account", "folder", name="uq_mailbox_folder"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    account: Mapped[str] = mapped_column(String(320))  # the IMAP user
+    folder: Mapped[str] = mapped_column(String(1000))  # as the URL names it ("/" between levels)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MailboxMessage(Base):
+    """A message `mailer bounces import` recorded, by the SHA-256 of its bytes (as an mbox, a
+    Maildir and IMAP all give them): a later import by the same `reader` (mailer's version)
+    skips it unparsed; another version reads it again, as it may understand it better.
+    `reports`: how many bounce reports it held. No address can be read from a digest."""
+
+    __tablename__ = "mailbox_messages"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reader: Mapped[str] = mapped_column(String(32))
+    reports: Mapped[int] = mapped_column(Integer)
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime)

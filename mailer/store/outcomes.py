@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 
 from mailer.core.states import DeliveryState, SubscriberStatus
-from mailer.store.models import Attempt, Delivery, Subscriber, UTCDateTime
+from mailer.store.models import Attempt, Bounce, Delivery, Subscriber, UTCDateTime
 
 S = DeliveryState
 ACTIVE = SubscriberStatus.ACTIVE.value
@@ -146,6 +146,10 @@ def report_rows(
             Delivery.next_attempt_at,
             Delivery.sent_at,
             Delivery.message_id,
+            # the latest bounce report's reason ("mailbox unknown", "complaint"...)
+            select(Bounce.reason).where(Bounce.delivery_id == Delivery.id)
+            .order_by(Bounce.id.desc()).limit(1)
+            .scalar_subquery().label("bounce_reason"),
         )
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
         .where(Delivery.campaign_id == campaign_id,

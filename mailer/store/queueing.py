@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, cast, exists, func, literal, select, text, update
+from sqlalchemy import Connection, Engine, exists, func, literal, select, text, update
 
 from mailer.core.states import DeliveryState, SubscriberStatus
 from mailer.store.engine import LOCK_TIMEOUT_MS, dialect_insert
+from mailer.store.messageids import message_id_column
 from mailer.store.models import Campaign, Delivery, Subscriber
 
 S = DeliveryState
@@ -120,12 +121,10 @@ def enqueue(connection: Connection, campaign: CampaignRow, domain: str, now: dat
     """One pending delivery per active subscriber not yet queued; returns how many were added.
 
     One INSERT ... SELECT: no subscriber passes through Python. The Message-ID is fixed here
-    (`<nonce.subscriber-id@sender-domain>`) and never changes, so any duplicate a relay
-    receives carries the same Message-ID as the original.
+    (`<nonce.subscriber-id.MAC@sender-domain>`, see `messageids`) and never changes, so any
+    duplicate a relay receives carries the same Message-ID as the original.
     """
-    message_id = (
-        literal(f"<{campaign.nonce}.") + cast(Subscriber.id, String) + literal(f"@{domain}>")
-    )
+    message_id = message_id_column(connection, campaign.nonce, Subscriber.id, domain)
     queued = exists().where(
         Delivery.campaign_id == campaign.id, Delivery.subscriber_id == Subscriber.id
     )

@@ -60,7 +60,9 @@ class Database:
             return engine, secret
         with self._lock:
             if self._engine is None:
-                self._engine = open_engine(self._settings.database_url)  # ConfigError: fatal
+                self._engine = open_engine(  # ConfigError: fatal
+                    self._settings.database_url, create=False
+                )
                 # After the engine's own "connect" listener, which sets the commands' 30 s.
                 event.listen(self._engine, "connect", self._shorten_lock_wait)
             if self._secret is None:

@@ -5,13 +5,22 @@ Another module reads the mailbox (mbox, Maildir, IMAP) and hands each message's 
 recipient) and records it. This package only reads.
 
     kind          when
-    bounce        a delivery-status report (RFC 3464) with a failed or delayed recipient, or a
-                  non-standard bounce (Gmail's old text, Exchange, qmail, Exim, a French MTA...)
-                  with failure text or a 4.x.x/5.x.x status
+    bounce        a delivery-status report (RFC 3464) with a failed or delayed recipient, a
+                  Sieve/Dovecot rejection (a disposition notification saying "deleted"), or a
+                  non-standard bounce (Gmail's old text, Exchange, qmail, Exim, a French MTA,
+                  and every format flufl.bounce's detectors know) with failure text or a
+                  4.x.x/5.x.x status
+    complaint     an abuse feedback report (ARF, RFC 5965): its Original-Rcpt-To, or no
+                  recipient when the provider redacted it (the Message-ID then ties it)
     ignored       an auto-reply (out of office), a read receipt (disposition notification), a
                   delivery-status report that only says "delivered" / "relayed" / "expanded"
-    unrecognised  anything else: a human reply, spam, an abuse report (ARF, left for a human),
+    unrecognised  anything else: a human reply, spam, a feedback report that is no complaint,
                   garbage, an empty message; `reason` says why
+
+Each recipient report has a `reason` from a small vocabulary (`reasons`: mailbox unknown,
+mailbox full, blocked or spam...) and a `source`: whether its address was read from a
+recipient field or format ("dsn", "header", "format") or guessed from the text ("text"), which
+never ties a report to a subscriber by itself.
 
 Severity of each failed recipient:
 
@@ -61,8 +70,10 @@ written (case kept); compare them case-insensitively.
 
 The package, one job a module: `reading` parses the bytes once and asks the recognisers in
 order, the first `Finding` deciding; `rfc3464` (delivery-status reports and success notices),
-`receipts` (read receipts, abuse reports), `plaintext` (non-standard bounces, with the MTA
-family told by `formats`: Gmail, Exchange, qmail, Exim), `autoreply`. A recogniser is one
+`receipts` (rejections, read receipts, abuse complaints), `library` (flufl.bounce's detectors:
+who failed in the non-standard formats), `plaintext` (the rest of the non-standard bounces,
+with the MTA family told by `formats`: Gmail, Exchange, qmail, Exim), `autoreply`; `reasons`
+gives each recipient report its reason. A recogniser is one
 callable `Evidence -> Finding | None` (`evidence`); the `_` modules are the readings they share.
 """
 

@@ -18,7 +18,9 @@ from email.header import Header, decode_header
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
-from email.utils import getaddresses, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
+
+from mailer.core.strictaddr import getaddresses  # strict: CVE-2023-27043
 
 MAX_TEXT = 200_000  # characters of one text part that are read
 _MAX_HEADER = 4_000  # characters of an address header that are read

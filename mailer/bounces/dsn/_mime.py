@@ -33,6 +33,7 @@ class Scan:
     mdn: bool = False
     mdn_fields: list[dict[str, str]] = field(default_factory=list)
     arf: bool = False
+    arf_fields: list[dict[str, str]] = field(default_factory=list)  # feedback-report fields
     texts: list[str] = field(default_factory=list)  # human-readable text, originals cut off
     htmls: list[str] = field(default_factory=list)
     originals: list[Message] = field(default_factory=list)  # attached original, its headers
@@ -73,6 +74,7 @@ def _walk(part: Message, scan: Scan, depth: int) -> None:
         scan.mdn_fields.extend(_ds_blocks(part))
     elif ctype == "message/feedback-report":
         scan.arf = True
+        scan.arf_fields.extend(_ds_blocks(part))
     elif ctype.startswith("message/"):
         if isinstance(payload, list) and payload and isinstance(payload[0], Message):
             scan.originals.append(payload[0])

@@ -14,6 +14,9 @@ from mailer.bounces.dsn._mime import Scan
 
 MSGID_RE = re.compile(r"<[^<>\s]+>")
 MSGID_LINE = re.compile(r"(?i)\bMessage-ID\s*:\s*(<[^<>\s]+>)")
+# Candidates kept: a bounce returns one message, whose Message-ID comes first. A hostile one
+# named 200,000 in References, and each was a database lookup (bounded cost, issue 13).
+MAX_MESSAGE_IDS = 20
 # VERP: LOCAL+TOKEN@domain where TOKEN has the shape of mailer's tokens (MAILER_BOUNCE_ADDRESS
 # may have any local part), or anything after `bounces+`.
 _VERP = re.compile(
@@ -40,16 +43,13 @@ def message_ids(msg: Message, scan: Scan, own: set[str]) -> tuple[str, ...]:
     for block in scan.mdn_fields:
         candidates += _msgids(block.get("original-message-id", ""))[:1]
     for value in headers(msg, "In-Reply-To"):
-        candidates += _msgids(value)
-    for value in headers(msg, "References"):
-        candidates += reversed(_msgids(value))
+        candidates += _msgids(value)[:MAX_MESSAGE_IDS]
+    for value in headers(msg, "References"):  # the latest last: the one replied to
+        candidates += reversed(_msgids(value)[-MAX_MESSAGE_IDS:])
     for text in scan.all_text:
-        candidates += MSGID_LINE.findall(text)
-    unique: list[str] = []
-    for candidate in candidates:
-        if candidate not in own and candidate not in unique:
-            unique.append(candidate)
-    return tuple(unique)
+        candidates += MSGID_LINE.findall(text)[:MAX_MESSAGE_IDS]
+    unique = [candidate for candidate in dict.fromkeys(candidates) if candidate not in own]
+    return tuple(unique[:MAX_MESSAGE_IDS])
 
 
 def original_recipients(scan: Scan) -> tuple[str, ...]:

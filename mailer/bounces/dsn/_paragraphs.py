@@ -29,7 +29,7 @@ _RCPT_LINES = (
 )
 
 
-def _excluded(msg: Message) -> set[str]:
+def excluded(msg: Message) -> set[str]:
     """Addresses that are not failed recipients: the bounce's sender and addressees, mostly."""
     values: list[str] = []
     for name in ("From", "To", "Cc", "Reply-To", "Sender", "Return-Path", "Delivered-To",
@@ -45,8 +45,15 @@ def section(sections: dict[str, str], address: str) -> str:
 
 
 def text_sections(msg: Message, text: str, originals: tuple[str, ...]) -> dict[str, str]:
-    """The report's paragraphs per failed address: from the address's line to the next's."""
-    excluded = _excluded(msg)
+    """The report's paragraphs per failed address: from the address's line to the next's;
+    without such lines, the guess of `named_in_text`."""
+    return line_sections(msg, text) or named_in_text(msg, text, originals)
+
+
+def line_sections(msg: Message, text: str) -> dict[str, str]:
+    """The paragraphs per address written on a line of its own, as bounces write a failed
+    recipient (the shapes of `_RCPT_LINES`)."""
+    own = excluded(msg)
     lines = text.split("\n")
     starts: list[tuple[int, str, str]] = []
     for index, line in enumerate(lines):
@@ -55,7 +62,7 @@ def text_sections(msg: Message, text: str, originals: tuple[str, ...]) -> dict[s
             if match is None:
                 continue
             address = match.group(1).strip("'\"")
-            if (address.casefold() not in excluded
+            if (address.casefold() not in own
                     and address.split("@", 1)[0].casefold() not in DAEMON_LOCAL):
                 rest = match.group(2) if pattern.groups >= 2 else ""
                 starts.append((index, address, rest))
@@ -67,14 +74,19 @@ def text_sections(msg: Message, text: str, originals: tuple[str, ...]) -> dict[s
         body = "\n".join([rest.strip(), *lines[index + 1 : end]])
         key = spelled.setdefault(address.casefold(), address)
         sections[key] = (sections[key] + "\n" + body) if key in sections else body
-    if sections:
-        return sections
-    # no address on a line of its own: an address named in the report, if it is the only one
-    # or the original's addressee
+    return sections
+
+
+def named_in_text(msg: Message, text: str, originals: tuple[str, ...]) -> dict[str, str]:
+    """A guess, for a report with no address on a line of its own: the address it names, if it
+    names only one, or the one it names that the returned original was addressed to. A guess
+    never ties a report to a subscriber by itself (its source is "text")."""
+    own = excluded(msg)
     named: dict[str, str] = {}
-    for address in ADDR_RE.findall(MSGID_LINE.sub(" ", text)):
+    for found in ADDR_RE.findall(MSGID_LINE.sub(" ", text)):
+        address = found.strip("'\"")
         key = address.casefold()
-        if key not in excluded and key.split("@", 1)[0] not in DAEMON_LOCAL:
+        if key not in own and key.split("@", 1)[0] not in DAEMON_LOCAL:
             named.setdefault(key, address)
     wanted = [named[a.casefold()] for a in originals if a.casefold() in named]
     if wanted or len(named) == 1:

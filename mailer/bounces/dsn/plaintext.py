@@ -16,11 +16,18 @@ from __future__ import annotations
 import re
 
 from mailer.bounces.dsn._decoding import addresses, fold, header, headers, one_line
-from mailer.bounces.dsn._paragraphs import diagnostic, section, text_sections
+from mailer.bounces.dsn._paragraphs import diagnostic, line_sections, named_in_text, section
 from mailer.bounces.dsn._severity import severity_of_codes, severity_of_words, smtp_code, status
 from mailer.bounces.dsn.autoreply import has_autoreply_subject
 from mailer.bounces.dsn.evidence import Evidence, Finding
-from mailer.bounces.dsn.report import MAX_DIAGNOSTIC, MAX_RECIPIENTS, RecipientReport, Severity
+from mailer.bounces.dsn.reasons import DELAY_NOTICE, reason_of
+from mailer.bounces.dsn.report import (
+    MAX_DIAGNOSTIC,
+    MAX_RECIPIENTS,
+    RecipientReport,
+    Severity,
+    Source,
+)
 
 # A mail system as sender: MAILER-DAEMON, postmaster, Exchange's MicrosoftExchange<hex>@
 _DAEMON_FROM = re.compile(
@@ -99,7 +106,11 @@ def _recipients(evidence: Evidence) -> list[RecipientReport]:
     failed = addresses(headers(msg, "X-Failed-Recipients"))
     if not (failed or _FAILURE_TEXT.search(folded) or status(text)):
         return []
-    sections = text_sections(msg, text, evidence.original_recipients)
+    sections = line_sections(msg, text)
+    source: Source = "header" if failed else "format"
+    if not sections:
+        sections = named_in_text(msg, text, evidence.original_recipients)
+        source = "header" if failed else "text"
     if failed:
         chosen: list[str | None] = list(failed)
     else:
@@ -113,12 +124,19 @@ def _recipients(evidence: Evidence) -> list[RecipientReport]:
         paragraph = section(sections, recipient) if recipient else ""
         if not paragraph.strip():
             paragraph = text
-        severity = (by_subject or severity_of_words(fold(paragraph))
+        words = fold(paragraph)
+        severity = (by_subject or severity_of_words(words)
                     or severity_of_words(folded) or severity_of_codes(paragraph)
                     or severity_of_codes(text) or "permanent")
+        if DELAY_NOTICE.search(words) or DELAY_NOTICE.search(folded):
+            severity = "temporary"  # "delivery attempts will continue": never permanent
         said = diagnostic(paragraph)
+        found = status(paragraph) or status(text)
         reports.append(RecipientReport(
-            recipient=recipient, severity=severity, status=status(paragraph) or status(text),
+            recipient=recipient, severity=severity, status=found,
             diagnostic=one_line(said, MAX_DIAGNOSTIC), action=None,
-            smtp_code=smtp_code(said)))
+            smtp_code=smtp_code(said),
+            reason=reason_of(found, words if paragraph is not text else folded,
+                             delayed=severity == "temporary"),
+            source=source))
     return reports

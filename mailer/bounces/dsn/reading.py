@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from mailer.bounces.dsn import autoreply, plaintext, receipts, rfc3464
+from mailer.bounces.dsn import autoreply, library, plaintext, receipts, rfc3464
 from mailer.bounces.dsn._decoding import (
     date,
     fingerprint_bytes,
@@ -31,8 +31,10 @@ from mailer.bounces.dsn.report import MAX_SUBJECT, Kind, Report
 # without failure text.
 RECOGNISERS: tuple[Recogniser, ...] = (
     rfc3464.recognise,
+    receipts.rejection,
     receipts.read_receipt,
     receipts.abuse_report,
+    library.recognise,
     plaintext.recognise,
     autoreply.recognise,
     plaintext.bounce_like,

@@ -2,16 +2,19 @@
 
 Severity: Action: failed → permanent, even with a 4.x.x Status (the reporting MTA retried and
 gave up); Action: delayed → temporary; no Action: the Status class, then the SMTP code of the
-Diagnostic-Code, else permanent. A report whose recipients were all delivered, relayed or
-expanded is a success notice: ignored.
+Diagnostic-Code, else permanent; a notice saying delivery attempts will continue is temporary
+unless its Action says failed. A report whose recipients were all delivered, relayed or
+expanded is a success notice: ignored. The recipient is the Original-Recipient (the address
+mailer sent to) when given, else the Final-Recipient.
 """
 
 from __future__ import annotations
 
-from mailer.bounces.dsn._decoding import ADDR_ONLY, ADDR_RE, one_line
+from mailer.bounces.dsn._decoding import ADDR_ONLY, ADDR_RE, fold, one_line
 from mailer.bounces.dsn._paragraphs import diagnostic, section, text_sections
 from mailer.bounces.dsn._severity import severity_of_codes, smtp_code, status
 from mailer.bounces.dsn.evidence import Evidence, Finding
+from mailer.bounces.dsn.reasons import DELAY_NOTICE, reason_of
 from mailer.bounces.dsn.report import MAX_DIAGNOSTIC, MAX_RECIPIENTS, RecipientReport, Severity
 
 
@@ -36,7 +39,7 @@ def _is_recipient_block(block: dict[str, str]) -> bool:
     return any(k in block for k in ("final-recipient", "original-recipient", "action", "status"))
 
 
-def _field_address(value: str) -> str | None:
+def field_address(value: str) -> str | None:
     """The address of a Final-Recipient / Original-Recipient value ("rfc822; bob@exemple.fr")."""
     value = value.split(";", 1)[1] if ";" in value else value
     value = value.strip().strip("<>").strip()
@@ -53,8 +56,10 @@ def _recipients(
     reports: list[RecipientReport] = []
     successes = 0
     for block in blocks[:MAX_RECIPIENTS]:
-        recipient = _field_address(block.get("final-recipient", "")) or _field_address(
-            block.get("original-recipient", ""))
+        # Original-Recipient is the address the sender gave (mailer's subscriber);
+        # Final-Recipient may be where an alias or a forward led.
+        recipient = field_address(block.get("original-recipient", "")) or field_address(
+            block.get("final-recipient", ""))
         action = block.get("action", "").split(" ", 1)[0].strip().lower() or None
         found = status(block.get("status", ""), "245")
         said = block.get("diagnostic-code", "")
@@ -76,10 +81,14 @@ def _recipients(
         # no Diagnostic-Code: the human-readable part's paragraph on this recipient, if any
         if not said and recipient is not None:
             said = diagnostic(section(sections, recipient))
+        words = fold(said + "\n" + (section(sections, recipient) if recipient else ""))
+        if severity == "permanent" and action != "failed" and DELAY_NOTICE.search(words):
+            severity = "temporary"  # "delivery attempts will continue": never permanent
         if not said and found is not None:
             said = f"Status: {found}" + (f" ({action})" if action else "")
         reports.append(RecipientReport(
             recipient=recipient, severity=severity, status=found,
             diagnostic=one_line(said, MAX_DIAGNOSTIC), action=action,
-            smtp_code=code if code is not None else smtp_code(said)))
+            smtp_code=code if code is not None else smtp_code(said),
+            reason=reason_of(found, words, delayed=severity == "temporary")))
     return reports, successes

@@ -7,12 +7,14 @@ it leaves undone is done here, as pure functions the client in `imap` calls.
 from __future__ import annotations
 
 import re
+from array import array
 from base64 import b64encode
 from collections.abc import Iterable, Iterator
 
 _LIST_SEPARATOR = re.compile(rb'^\([^)]*\) ("(?:\\.|[^"\\])*"|NIL)')
 _UID = re.compile(rb"\bUID (\d+)")
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+_NUMBER = re.compile(rb"\d+")
 
 
 def quoted(text: str) -> str:
@@ -61,6 +63,23 @@ def uid_sizes(lines: Iterable[object]) -> list[tuple[int, int]]:
         if uid and size:
             messages.append((int(uid.group(1)), int(size.group(1))))
     return sorted(messages)
+
+
+def number(value: object) -> int | None:
+    """The number imaplib hands over as bytes (b"1732"), or None."""
+    return int(value) if isinstance(value, bytes) and value.isdigit() else None
+
+
+def uids_above(lines: Iterable[object], after: int) -> array[int]:
+    """The UIDs of a `UID SEARCH` answer above `after`, ascending. "N:*" always names the
+    folder's last message, even below N (RFC 3501 6.4.8): it is dropped here."""
+    found: array[int] = array("Q")
+    for line in lines:
+        if isinstance(line, bytes):
+            found.extend(uid for m in _NUMBER.finditer(line) if (uid := int(m.group())) > after)
+    if any(found[i] > found[i + 1] for i in range(len(found) - 1)):
+        found = array("Q", sorted(found))
+    return found
 
 
 def batches(

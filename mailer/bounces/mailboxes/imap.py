@@ -12,9 +12,11 @@ import imaplib
 import re
 import socket
 import ssl
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 from mailer.bounces.mailboxes._imapwire import (
@@ -22,11 +24,20 @@ from mailer.bounces.mailboxes._imapwire import (
     encode_folder_name,
     fetched_bodies,
     hierarchy_separator,
+    number,
     quoted,
     uid_set,
     uid_sizes,
+    uids_above,
 )
-from mailer.bounces.mailboxes.stream import SOURCE_HINT, Mailbox, MailItem
+from mailer.bounces.mailboxes.stream import (
+    SOURCE_HINT,
+    ImapFolder,
+    Mailbox,
+    MailItem,
+    Reading,
+    Resume,
+)
 from mailer.core.config import Settings
 from mailer.core.errors import (
     ConfigError,
@@ -43,6 +54,7 @@ IMAP_TIMEOUT = 60.0  # seconds: connecting, and each reply of the server
 _CREDENTIALS_HINT = "set MAILER_IMAP_PASSWORD, or MAILER_IMAP_PASSWORD_FILE to a file holding it"
 _TIMING = re.compile(r"\s*\(\d+\.\d+ \+ [^()]*secs?\)")  # dovecot's "(0.001 + 0.000 secs)"
 _IMAPLIB_PREFIX = re.compile(r"^command: \w+ => ")
+_Answer = TypeVar("_Answer")
 
 
 @dataclass(frozen=True)
@@ -107,9 +119,14 @@ def _without_password(source: str) -> str:
 
 
 def open_imap(
-    source: ImapSource, settings: Settings, batch_size: int, batch_bytes: int, timeout: float
+    source: ImapSource,
+    settings: Settings,
+    reading: Reading,
+    timeout: float,
+    resume: Resume | None = None,
 ) -> Iterator[Mailbox]:
-    """The folder of `source`, logged in and examined, for one iteration of the generator."""
+    """The folder of `source`, logged in and examined, for one iteration of the generator:
+    its messages above the UID `resume` gives for it (all of them without `resume`)."""
     password = settings.imap_password
     if not password:
         raise ConfigError(f"no password for the IMAP account {source}", hint=_CREDENTIALS_HINT)
@@ -121,11 +138,12 @@ def open_imap(
     try:
         with _imap_errors(source, f"lost the connection to {server}", secret=password):
             _login(client, source, password)
-            messages = _examine(client, source)
+            folder, count = _examine(client, source)
+        after = resume(folder) if resume is not None and folder is not None and count else 0
+        with _imap_errors(source, f"lost the connection to {server}"):
+            uids = _uids_above(client, after) if count else array("Q")
         yield Mailbox(
-            str(source),
-            len(messages),
-            lambda: _imap_items(client, source, messages, batch_size, batch_bytes),
+            str(source), len(uids), lambda: _imap_items(client, source, uids, reading), folder
         )
     except MailboxUnavailableError:
         healthy = False
@@ -214,8 +232,8 @@ def _server_folder(client: imaplib.IMAP4_SSL, source: ImapSource) -> str:
     return encode_folder_name(name)
 
 
-def _examine(client: imaplib.IMAP4_SSL, source: ImapSource) -> list[tuple[int, int]]:
-    """Open the folder read-only; its messages as (UID, size), in UID order."""
+def _examine(client: imaplib.IMAP4_SSL, source: ImapSource) -> tuple[ImapFolder | None, int]:
+    """Open the folder read-only: its identity (None without a UIDVALIDITY), how many messages."""
     typ, data = client.select(quoted(_server_folder(client, source)), readonly=True)
     if typ != "OK":
         text = _server_text(data)
@@ -224,37 +242,76 @@ def _examine(client: imaplib.IMAP4_SSL, source: ImapSource) -> list[tuple[int, i
             f": {text}",
             hint="folder names are case-sensitive (except INBOX); separate sub-folders with /",
         )
-    if not data or data[-1] in (None, b"0"):  # EXISTS
-        return []
-    typ, lines = client.uid("FETCH", "1:*", "(UID RFC822.SIZE)")
+    _, validity = client.response("UIDVALIDITY")
+    uidvalidity = number(validity[-1] if validity else None)
+    folder = (
+        ImapFolder(source.host, source.user, source.folder, uidvalidity)
+        if uidvalidity is not None else None
+    )
+    return folder, number(data[-1] if data else None) or 0  # EXISTS
+
+
+def _uids_above(client: imaplib.IMAP4_SSL, after: int) -> array[int]:
+    """The UIDs of the folder above `after`, ascending (8 bytes a message, nothing else)."""
+    typ, lines = client.uid("SEARCH", "UID", f"{after + 1}:*")
     if typ != "OK":
-        raise imaplib.IMAP4.error(f"UID FETCH (RFC822.SIZE): {typ} {lines}")
-    return uid_sizes(lines)
+        raise imaplib.IMAP4.error(f"UID SEARCH: {typ} {lines}")
+    return uids_above(lines, after)
 
 
 def _imap_items(
+    client: imaplib.IMAP4_SSL, source: ImapSource, uids: array[int], reading: Reading
+) -> Iterator[MailItem]:
+    """The messages of `uids`, in UID order (the order the caller may remember them in): for
+    each window of `reading.count` UIDs their sizes, then their bodies by batches of at most
+    `reading.count` messages and `reading.batch_bytes` bytes; one over `reading.limit` bytes is
+    not fetched."""
+    done = 0
+    for start in range(0, len(uids), reading.count):
+        window = uids[start : start + reading.count]
+        lost = f"lost the connection to the IMAP server {source.server} after {done} messages"
+        sizes = dict(_fetch(client, source, window, "(UID RFC822.SIZE)", lost, done, uid_sizes))
+        wanted = [(uid, sizes[uid]) for uid in window
+                  if uid in sizes and sizes[uid] <= reading.limit]
+        pending = batches(wanted, reading.count, reading.batch_bytes)
+        fetched: list[int] = []
+        bodies: dict[int, bytes] = {}
+        for uid in window:
+            size = sizes.get(uid)
+            if size is None:  # expunged since the folder was opened
+                continue
+            if size > reading.limit:
+                done += 1
+                yield MailItem(f"UID {uid}", b"", size, uid)
+                continue
+            if not fetched or uid > fetched[-1]:  # the next batch begins with this UID
+                fetched = next(pending)
+                bodies = _fetch(client, source, fetched, "(UID BODY.PEEK[])", lost, done,
+                                fetched_bodies)
+            raw = bodies.pop(uid, None)
+            if raw is not None:  # else expunged meanwhile
+                done += 1
+                yield MailItem(f"UID {uid}", raw, uid=uid)
+
+
+def _fetch(
     client: imaplib.IMAP4_SSL,
     source: ImapSource,
-    messages: list[tuple[int, int]],
-    batch_size: int,
-    batch_bytes: int,
-) -> Iterator[MailItem]:
-    done = 0
-    for batch in batches(messages, batch_size, batch_bytes):
-        lost = f"lost the connection to the IMAP server {source.server} after {done} messages"
-        with _imap_errors(source, lost):
-            typ, data = client.uid("FETCH", uid_set(batch), "(UID BODY.PEEK[])")
-        if typ != "OK":
-            text = _server_text(data)
-            raise MailboxUnavailableError(
-                f"the IMAP server {source.server} refuses to send messages after {done}: {text}"
-            )
-        bodies = fetched_bodies(data)
-        for uid in batch:
-            raw = bodies.pop(uid, None)
-            if raw is not None:  # else expunged since the folder was opened
-                done += 1
-                yield MailItem(f"UID {uid}", raw)
+    uids: Iterable[int],
+    items: str,
+    lost: str,
+    done: int,
+    read: Callable[[list[object]], _Answer],
+) -> _Answer:
+    """`UID FETCH uids items`, its answer read by `read`."""
+    with _imap_errors(source, lost):
+        typ, data = client.uid("FETCH", uid_set(uids), items)
+    if typ != "OK":
+        text = _server_text(data)
+        raise MailboxUnavailableError(
+            f"the IMAP server {source.server} refuses to send messages after {done}: {text}"
+        )
+    return read(data)
 
 
 def _server_text(data: Iterable[object]) -> str:

@@ -36,11 +36,12 @@ from mailer.messages.preview import Preview, preview_factory
 from mailer.messages.scaffold import new_campaign
 from mailer.privacy import copies
 from mailer.privacy import purge as purging
+from mailer.sending import plan
 from mailer.sending.options import ProgressFn, Tally
 from mailer.sending.report import write_report as write_csv
 from mailer.sending.run import PreflightFailed, RunReport, SendRequest, SendRun
 from mailer.sending.trial import SendPlan, TestSent, send_plan, send_test
-from mailer.store import counts, meta, outcomes, queueing
+from mailer.store import meta, outcomes, queueing
 from mailer.store import subscribers as store
 from mailer.store.engine import database, read_transaction, scrub, write_transaction
 
@@ -230,24 +231,12 @@ def check_campaign(
 # --- status -------------------------------------------------------------------------------
 
 
-def status(settings: Settings, campaign: str | None = None) -> dict[str, Any]:
-    """The contract's `mailer status --json` shape, for one campaign or for everything."""
+def status(settings: Settings, campaign: str | None = None,
+           clock: Clock = system_clock) -> dict[str, Any]:
+    """The contract's `mailer status --json` shape, for one campaign or for everything, with
+    each relay's windows and pause and each campaign's plan (mailer.sending.plan)."""
     with open_database(settings, create=False) as engine, read_transaction(engine) as connection:
-        if campaign is not None:
-            found = counts.campaign_status(connection, campaign)
-            if found is None:
-                raise NotFoundError(
-                    f"unknown campaign {campaign!r}",
-                    hint="a campaign exists once `mailer send CAMPAIGN` has queued it",
-                )
-            return found
-        campaigns = [
-            counts.campaign_status(connection, name) for name in counts.campaign_names(connection)
-        ]
-        return {
-            "subscribers": store.count_by_status(connection),
-            "campaigns": [c for c in campaigns if c is not None],
-        }
+        return plan.status(connection, settings, campaign, clock())
 
 
 def check_database(settings: Settings) -> str:

@@ -142,9 +142,39 @@ def status_command(
         out.print(line, markup=False)
         for held in held_lines(item):
             out.print(f"  {held}", markup=False)
+        if item.get("plan"):
+            out.print(f"  {plan_line(item['plan'])}", markup=False)
+    for relay in data.get("relays") or (campaigns[0].get("relays", []) if campaigns else []):
+        out.print(relay_line(relay), markup=False)
 
 
-def _local_time(iso: str) -> tuple[str, bool]:
+def plan_line(plan: dict[str, Any]) -> str:
+    """`18000 left; at 2000/day: about 9 days, until 11 December`."""
+    until = datetime.fromisoformat(plan["finish_at"]).astimezone()
+    days = plan["days"]
+    span = (f"about {round(days)} day{'s' if round(days) != 1 else ''}" if days >= 1
+            else f"about {max(1, round(days * 24))} h")
+    return (f"{plan['left']} left; at {plan['per_day']}/day: {span}, until "
+            f"{until:%d %B %Y %H:%M}")
+
+
+def relay_line(relay: dict[str, Any]) -> str:
+    """`Relay smtp.gmail.com: 1200 of 2000/day used; paused until 14:05 (550 5.4.5 ...)`."""
+    parts = []
+    for window in relay["windows"]:
+        unit = {60: "min", 3600: "h", 86400: "day"}.get(window["seconds"],
+                                                      f"{window['seconds']}s")
+        text = f"{window['used']} of {window['limit']}/{unit} used"
+        if window["next_slot_at"]:
+            text += f" (full: next slot at {local_time(window['next_slot_at'])[0]})"
+        parts.append(text)
+    if relay["paused_until"]:
+        parts.append(f"paused until {local_time(relay['paused_until'])[0]}"
+                     + (f" ({relay['refusal']})" if relay.get("refusal") else ""))
+    return f"Relay {relay['name']}: " + ("; ".join(parts) if parts else "no budget declared")
+
+
+def local_time(iso: str) -> tuple[str, bool]:
     """`23:51` (with the date when not today), local time; and whether it is past."""
     moment = datetime.fromisoformat(iso)
     if moment.tzinfo is None:
@@ -165,7 +195,7 @@ def held_lines(item: dict[str, Any]) -> list[str]:
         if owner["until"] is None:
             lines.append(f"{number} held by {who}")
             continue
-        until, past = _local_time(owner["until"])
+        until, past = local_time(owner["until"])
         if past:
             lines.append(f"{number} held by {who}, whose lease ran out at {until}; "
                          "`mailer retry` resends them now")

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mailer import api
 from mailer.cli import asking
 from mailer.cli.aftermath import Tracked, print_held, print_stopped
-from mailer.cli.inspection import held_lines, print_check
+from mailer.cli.inspection import held_lines, local_time, print_check
 from mailer.cli.output import out, print_json, stderr
 from mailer.cli.root import settings_of
 from mailer.core.errors import InputError, MailerError
@@ -105,6 +105,7 @@ def _print_run(report: api.RunReport) -> None:
     if tally.lost:
         out.print(f"Not sent: {tally.lost} claimed deliveries whose lease ran out first (the "
                   "process was paused?); another run may have taken them over.", markup=False)
+    _print_waits(report)
     if tally.uncertain or counts.get("uncertain"):
         out.print(
             f"Uncertain: {counts.get('uncertain', tally.uncertain)} (the connection broke after "
@@ -112,6 +113,28 @@ def _print_run(report: api.RunReport) -> None:
             "with the same Message-ID unless MAILER_UNCERTAIN=hold.",
             markup=False,
         )
+
+
+def _print_waits(report: api.RunReport) -> None:
+    """Why the run stopped short, on standard error: a full window, a paused relay."""
+    tally, err = report.tally, stderr()
+    counts = report.status.get("counts", {})
+    left = sum(counts.get(s, 0) for s in ("pending", "deferred", "uncertain", "sending"))
+    for note in tally.notes:
+        err.print(f"Note: {note}", markup=False)
+    until = local_time(tally.wait_until)[0] if tally.wait_until else ""
+    if tally.wait == "window":
+        err.print(f"The relay {tally.wait_relay}'s declared budget is used up for now: {left} "
+                  f"left; next slot at {until}. `mailer retry` (cron) goes on then.",
+                  markup=False)
+    elif tally.wait == "paused":
+        err.print(f"The relay {tally.wait_relay} is paused until {until} (it refused for its "
+                  "budget); nothing was sent through it. `mailer retry` (cron) goes on then.",
+                  markup=False)
+    if tally.slowdowns:
+        err.print(f"The relay asked to slow down {tally.slowdowns} time"
+                  f"{'s' if tally.slowdowns > 1 else ''}: fewer connections, a slower pace, "
+                  "nobody charged.", markup=False)
 
 
 def _exit_if_interrupted(reports: list[api.RunReport]) -> None:
@@ -203,6 +226,7 @@ def send_command(
         raise
     if as_json:
         print_json(report.as_json())
+        _print_waits(report)
     else:
         if report.check is not None and (dry_run or report.check.warnings):
             print_check(report.check, as_json=False)
@@ -264,6 +288,8 @@ def retry_command(
                 if item["campaign"] in runs:
                     item["run"] = runs[item["campaign"]]
             print_json(data)
+        for report in sent:
+            _print_waits(report)
     elif not reports:
         out.print("Nothing is due.")
         print_held(settings, campaign)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from mailer.core.budget import RelaySpec, Window, parse_quota, relay_specs_from
 from mailer.core.errors import ConfigError
 
 Security = Literal["starttls", "tls", "none"]
@@ -110,6 +111,9 @@ class Settings:
     concurrency: int = 4
     workers: int = 1  # sending processes on this machine (each uses a core)
     rate: Rate | None = None
+    quota: tuple[Window, ...] = ()  # the relay's budget: sliding windows held in the ledger
+    quota_cooldown: float = 3600.0  # a relay refusing for its budget pauses this long, doubling
+    relays: tuple[RelaySpec, ...] = ()  # mailer.toml's [[relay]] tables; they replace smtp_*
     uncertain: Uncertain = "resend"
     config_file: Path | None = None
 
@@ -147,6 +151,8 @@ _KEYS: dict[str, str] = {
     "concurrency": "concurrency",
     "workers": "workers",
     "rate": "rate",
+    "quota": "quota",
+    "quota_cooldown": "quota_cooldown",
     "uncertain": "uncertain",
 }
 
@@ -160,7 +166,7 @@ _INT_RANGES = {
 }
 _SECONDS = frozenset({
     "retry_base_delay", "retry_max_delay", "retry_max_age", "lease_seconds",
-    "smtp_timeout", "smtp_data_timeout",
+    "smtp_timeout", "smtp_data_timeout", "quota_cooldown",
     "bounce_recent_days", "bounce_repeat_days",  # days, but the same rule: more than zero
 })
 
@@ -194,6 +200,8 @@ def _convert(attr: str, value: Any, *, source: str) -> Any:
             return text
         if attr == "rate":
             return value if isinstance(value, Rate) else parse_rate(str(value))
+        if attr == "quota":
+            return value if isinstance(value, tuple) else parse_quota(str(value))
         if isinstance(value, str):
             return value.strip() or None
         return str(value)
@@ -277,6 +285,10 @@ def load_settings(
         raise ConfigError(f"configuration file {explicit} not found")
     if path.is_file():
         for key, raw in _read_toml(path).items():
+            if key == "relay":
+                values["relays"] = relay_specs_from(raw, source=str(path), environ=env,
+                                                    convert=_convert)
+                continue
             if key in SECRET_KEYS:
                 where = (
                     "MAILER_IMAP_PASSWORD (or MAILER_IMAP_PASSWORD_FILE)"
@@ -318,6 +330,40 @@ def load_settings(
         values["secret"] = _checked_secret(env["MAILER_SECRET"])
 
     settings = Settings(**values)
+    if settings.relays:  # what a relay does not say, the settings say
+        settings = replace(settings, relays=tuple(
+            replace(relay, quota=relay.quota or settings.quota, rate=relay.rate or settings.rate,
+                    concurrency=relay.concurrency or settings.concurrency)
+            for relay in settings.relays
+        ))
     if settings.retry_max_delay < settings.retry_base_delay:
         raise ConfigError("retry_max_delay must not be smaller than retry_base_delay")
     return settings
+
+
+def relay_specs(settings: Settings) -> tuple[RelaySpec, ...]:
+    """The relays a run sends through, in order: mailer.toml's [[relay]] tables, or the one
+    relay of MAILER_SMTP_* (named by its host); () when none is set."""
+    if settings.relays:
+        return settings.relays
+    if not settings.smtp_host:
+        return ()
+    return (RelaySpec(
+        name=settings.smtp_host, host=settings.smtp_host, port=settings.smtp_port,
+        security=settings.smtp_security, username=settings.smtp_username,
+        password=settings.smtp_password, quota=settings.quota, rate=settings.rate,
+        concurrency=settings.concurrency, ca_file=settings.smtp_ca_file,
+    ),)
+
+
+def relay_settings(settings: Settings, relay: RelaySpec) -> Settings:
+    """The settings as seen by one relay's connections: its address, credentials, TLS,
+    connections and rate in the smtp_* places the transport reads."""
+    return replace(
+        settings, smtp_host=relay.host, smtp_port=relay.port,
+        smtp_security=relay.security,  # type: ignore[arg-type]
+        smtp_username=relay.username, smtp_password=relay.password,
+        smtp_ca_file=relay.ca_file or settings.smtp_ca_file,
+        concurrency=relay.concurrency or settings.concurrency,
+        rate=relay.rate or settings.rate, quota=relay.quota,
+    )

@@ -12,6 +12,9 @@
     ├── SchemaError               exit 78  database of another schema than this code knows
     ├── DatabaseError             exit 75  the database could not be reached or is locked; try again
     ├── RelayTemporaryError       exit 75  the relay is unreachable or throttling the whole run
+    │   └── RelayRefusedError     exit 75  the relay refuses for its own budget (quota spent, or
+    │                                      it keeps saying slow down): nothing was marked
+    │                                      failed; the relay is paused until the next try
     ├── MailboxUnavailableError   exit 75  the IMAP server is unreachable or the connection broke
     ├── WorkerError               exit 75  a sending worker process died; retry resends its share
     └── WorkerReportedError       exit of the worker's error: a MailerError raised in a worker
@@ -87,6 +90,16 @@ class RelayTemporaryError(MailerError):
     """The relay is unreachable, timing out or throttling the whole run: run again later."""
 
     exit_code = EX_TEMPFAIL
+
+
+class RelayRefusedError(RelayTemporaryError):
+    """The relay refuses for the sender's budget (`kind`: "quota" or "throttling"), in its own
+    words (`reply`): the run stops, nobody is marked failed, and the relay is paused."""
+
+    def __init__(self, message: str, *, kind: str, reply: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.kind = kind
+        self.reply = reply
 
 
 class MailboxUnavailableError(MailerError):

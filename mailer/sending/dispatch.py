@@ -1,4 +1,5 @@
-"""The sending loop of one process: claim → render → send → record, K at a time, at a given rate.
+"""The sending loop of one process through one relay: claim → render → send → record, K at a
+time, at a given rate, within the relay's declared windows.
 
     producer ──claim (lease)──▶ queue ──▶ K senders ──render, rate, transport.send──▶ outcomes
                                                                                     │ ≤ 100 ms
@@ -6,7 +7,10 @@
     (one transaction per flush: states + attempts log; renews the leases)
 
 What is held, leased and awaiting its commit is the `Recorder`'s (mailer.sending.recorder);
-what each reply means is the policy's. Stopping (a signal, passed on by the run, or whole-run
+what each reply means is the policy's, unless the relay speaks of its own budget
+(mailer.sending.refusals): then nobody is charged. "Quota" stops the run and pauses the relay
+in the ledger; "slow down" throttles the run (mailer.sending.throttle) and, when it persists,
+stops and pauses it too. Stopping (a signal, passed on by the run, or whole-run
 trouble such as an unreachable relay) stops claiming, lets the messages in flight finish and
 be recorded, and releases what was claimed but not tried back to the state it came from, with
 no attempt counted.
@@ -26,21 +30,20 @@ from sqlalchemy import Engine
 
 from mailer.core.clock import Clock
 from mailer.core.delivery import Reply, Submission, Transport
-from mailer.core.errors import ConfigError, InputError, MailerError, RelayTemporaryError
+from mailer.core.errors import InputError, MailerError, RelayRefusedError
 from mailer.core.states import DeliveryState
 from mailer.core.tokens import verp_address
 from mailer.messages.factory import MessageFactory
+from mailer.sending.budgetwatch import BudgetWatch
+from mailer.sending.guard import RefusalGuard
 from mailer.sending.options import ProgressFn, RateLimiter, RunOptions, Tally, sleep_unless
 from mailer.sending.policy import Decision, Outcome, decide
 from mailer.sending.recorder import FLUSH_SECONDS, Recorder, describe, worker_name
+from mailer.sending.refusals import Refusal, classify
+from mailer.sending.throttle import Throttle
 from mailer.store import claims
 
-THROTTLE_LIMIT = 5  # throttling replies in a row (no acceptance between) that stop the run
-REQUEUE_LIMIT = 3  # 421s for one message before it is deferred like any temporary failure
-# Permanent refusals in a row, all with the same reply (the recipient's address taken out)
-# and no acceptance in this run: the relay refuses the sender or the client, not these
-# recipients ("554 5.7.1 Relay access denied"); the run stops and nobody is marked.
-REFUSAL_LIMIT = 20
+REQUEUE_LIMIT = 3  # slow-downs for one message: then it waits for a later run, uncharged
 
 
 class Dispatcher:
@@ -65,7 +68,7 @@ class Dispatcher:
         self.options = options
         self.clock = clock
         self.owner = owner or worker_name()
-        self.recorder = Recorder(engine, self.owner, clock, options.lease_seconds)
+        self.recorder = Recorder(engine, self.owner, clock, options.lease_seconds, options.relay)
         self.progress = progress
         self.rng = rng or random.Random()
         self.tally = Tally()
@@ -76,13 +79,12 @@ class Dispatcher:
         self._again: deque[claims.Claimed] = deque()  # requeued after a 421
         self._recorded = asyncio.Event()  # the recorder's own stop: after the senders end
         self._requeues: dict[int, int] = {}
-        # Permanent refusals held back while they may be the relay's, not the recipients'.
-        self._refusals: list[tuple[claims.Claimed, str, Reply, str, Decision]] = []
-        self._accepted = False
-        self._tripped = False  # REFUSAL_LIMIT reached: the relay refuses us, not them
         self._claimed = 0
-        self._throttled = 0
         self._limiter = RateLimiter(options.rate)
+        self.throttle = Throttle(options.concurrency, options.throttle_pause)
+        self.budget = BudgetWatch(options.relay or transport.description, transport.description,
+                                  options, self.recorder, clock)
+        self.guard = RefusalGuard(transport.description, self._record_failed)
 
     def interrupt(self, signum: int) -> None:
         """Stop for this signal (Ctrl-C, SIGTERM): the run then exits 128 + signum."""
@@ -99,12 +101,16 @@ class Dispatcher:
         senders: list[asyncio.Task[None]] = []
         ends: list[Any] = []
         try:
+            await self.budget.load_waits()
             await self.transport.start()
             recorder = asyncio.create_task(self._record_loop())
             senders = [
-                asyncio.create_task(self._send_loop()) for _ in range(self.options.concurrency)
+                asyncio.create_task(self._send_loop(index))
+                for index in range(self.options.concurrency)
             ]
             await self._produce()
+        except RelayRefusedError as exc:
+            self._refuse(Refusal(exc.kind), exc.reply)
         except MailerError as exc:
             self._fail(exc)
         finally:
@@ -126,9 +132,12 @@ class Dispatcher:
     async def _finish(self) -> None:
         """Record what was answered, release what was not tried, close the connections."""
         try:
-            self._record_refusals()  # fewer than REFUSAL_LIMIT: about the recipients
+            self.guard.record()  # fewer than guard.LIMIT alike: about the recipients
             try:
                 await self.recorder.flush()
+                refused = await self.budget.settle(self.tally)
+                if refused is not None:
+                    self._fail(refused)
             except MailerError as exc:
                 self._fail(exc)
             try:
@@ -138,6 +147,7 @@ class Dispatcher:
         finally:
             with contextlib.suppress(Exception):
                 await self.transport.close()
+            self.tally.slowdowns += getattr(self.transport, "refused_connections", 0)
             self.recorder.close()
             self._report()
 
@@ -145,6 +155,36 @@ class Dispatcher:
         if self.error is None:
             self.error = error
         self.stop.set()
+
+    # --- the relay's budget ----------------------------------------------------------------
+
+    def _refuse(self, kind: Refusal, reply: str, item: claims.Claimed | None = None) -> None:
+        """The relay refuses for its budget: this delivery goes back to waiting, uncharged;
+        the run stops; the relay is paused after it (BudgetWatch.settle)."""
+        if item is not None:
+            self.recorder.add(item, item.origin, None, reply, self.clock(), charged=False)
+            self.tally.returned += 1
+        self.budget.refused(kind, reply)
+        self.stop.set()
+
+    async def _slow_down(self, item: claims.Claimed, text: str) -> None:
+        """The relay says slow down: fewer connections, a slower pace, and this message
+        again after a pause, uncharged; the run stops when it persists."""
+        pause = self.throttle.slow_down()
+        self.tally.slowdowns += 1
+        if self.throttle.persistent:
+            self._refuse(Refusal.SLOW_DOWN,
+                         f"{self.throttle.in_a_row} replies in a row like {text!r}", item)
+            return
+        self._requeues[item.delivery_id] = self._requeues.get(item.delivery_id, 0) + 1
+        if self._requeues[item.delivery_id] > REQUEUE_LIMIT:
+            # This one keeps being refused while others pass: a later run tries it again.
+            self.recorder.add(item, item.origin, None, text, self.clock(), charged=False)
+            self.tally.returned += 1
+            return
+        self.tally.requeued += 1
+        await sleep_unless(self.stop, pause)
+        self._again.append(item)  # if the run stops meanwhile, it is released at the end
 
     # --- claiming --------------------------------------------------------------------------
 
@@ -187,13 +227,21 @@ class Dispatcher:
             return self._again.popleft()
         return await self._queue.get()
 
-    async def _send_loop(self) -> None:
+    async def _send_loop(self, index: int) -> None:
         while not self.stop.is_set():
+            await self.throttle.turn(index, self.stop)
             item = await self._next()
             if item is None or self.stop.is_set():
                 return
             try:
                 await self._send_one(item)
+            except RelayRefusedError as exc:
+                # A new connection refused at its greeting (or login) for the relay's budget.
+                if exc.kind == Refusal.SLOW_DOWN and self.guard.accepted:
+                    await self._slow_down(item, exc.reply)
+                    continue
+                self._refuse(Refusal(exc.kind), exc.reply)
+                return
             except MailerError as exc:
                 # Whole-run trouble (relay unreachable, credentials refused ...): this one was
                 # not tried; it is released with the rest.
@@ -210,7 +258,7 @@ class Dispatcher:
         except InputError as exc:
             self._record(item, DeliveryState.FAILED, None, f"not sent: {exc.message}", now)
             return
-        await self._limiter.wait(self.stop)
+        await self._limiter.wait(self.stop, self.throttle.pace)
         while self.recorder.backed_up and not self.stop.is_set():
             await asyncio.sleep(0.005)  # the database is slow to commit: wait for it
         if self.stop.is_set():
@@ -218,6 +266,10 @@ class Dispatcher:
         if not self.recorder.still_ours(item):
             self.tally.lost += 1
             return  # left held: released at the end if it is still ours after all
+        allowance = self.budget.allowance
+        if allowance is not None and not await allowance.take(self.stop):
+            self.stop.set()  # the window is full for a while: left held, released at the end
+            return
         bounce_address = self.options.bounce_address
         reply = await self.transport.send(
             Submission(
@@ -234,42 +286,32 @@ class Dispatcher:
 
     async def _decide(self, item: claims.Claimed, reply: Reply) -> None:
         now = self.clock()
+        text = describe(reply)
+        kind = None if reply.accepted else classify(reply.code, reply.text, reply.stage)
+        if kind is Refusal.BUDGET:
+            self._refuse(kind, text, item)
+            return
+        if kind is Refusal.SLOW_DOWN:
+            await self._slow_down(item, text)
+            return
+        first = item.first_attempt_at or now
         decision = decide(
             reply,
             attempts=item.attempts + 1,
-            first_attempt_at=item.first_attempt_at or now,
+            first_attempt_at=self.budget.age_start(first, now),
             now=now,
             backoff=self.options.backoff,
             rng=self.rng,
         )
-        text = describe(reply)
-        if decision.throttle:
-            self._throttled += 1
-            if self._throttled >= THROTTLE_LIMIT:
-                self._fail(RelayTemporaryError(
-                    f"the relay {self.transport.description} keeps throttling: "
-                    f"{self._throttled} replies in a row like {text!r}",
-                    hint="nothing was marked failed; run again later, or lower --rate",
-                ))
-        elif reply.accepted:
-            self._throttled = 0
-        if reply.accepted and not self._accepted:
-            self._accepted = True
-            self._record_refusals()
-        if decision.outcome is Outcome.REQUEUED:
-            self._requeues[item.delivery_id] = self._requeues.get(item.delivery_id, 0) + 1
-            if self._requeues[item.delivery_id] <= REQUEUE_LIMIT:
-                self.tally.requeued += 1
-                self._again.append(item)
-                pause = min(30.0, self.options.throttle_pause * 2 ** max(self._throttled - 1, 0))
-                await sleep_unless(self.stop, pause)
-                return
-            decision = decide(  # refused that often: a temporary failure, charged
-                Reply(451, reply.text, reply.stage), attempts=item.attempts + 1,
-                first_attempt_at=item.first_attempt_at or now, now=now,
-                backoff=self.options.backoff, rng=self.rng,
-            )
-        if decision.outcome is Outcome.FAILED and self._hold_refusal(item, reply, text, decision):
+        if reply.accepted:
+            self.throttle.accepted()
+            self.guard.accept()
+        if decision.outcome is Outcome.REQUEUED:  # a 421 the table did not know: slow down
+            await self._slow_down(item, text)
+            return
+        if decision.outcome is Outcome.FAILED and self.guard.hold(item, reply, text, decision):
+            if self.guard.error is not None:
+                self._fail(self.guard.error)
             return
         state = DeliveryState(decision.outcome.value)
         self._record(
@@ -278,41 +320,10 @@ class Dispatcher:
             bounce=decision.bounce,
         )
 
-    def _hold_refusal(
-        self, item: claims.Claimed, reply: Reply, text: str, decision: Decision
-    ) -> bool:
-        """Hold back permanent refusals until it is clear they are about the recipients.
-
-        The same refusal (the recipient's address taken out) for REFUSAL_LIMIT recipients in
-        a row, before any acceptance in this run, is the relay refusing the sender or this
-        client (a typo in MAILER_FROM, missing credentials): the run stops (exit 78) and those
-        deliveries are released, not failed. A different reply, an acceptance or the end of
-        the run records the ones held as failed after all.
-        """
-        if self._accepted or reply.code is None:
-            return False
-        if self._tripped:
-            return True  # the run is stopping for it: released at the end with the others
-        shape = text.replace(item.recipient.address, "<>")
-        if self._refusals and self._refusals[0][1] != shape:
-            self._record_refusals()
-        self._refusals.append((item, shape, reply, text, decision))
-        if len(self._refusals) >= REFUSAL_LIMIT:
-            self._fail(ConfigError(
-                f"the relay {self.transport.description} refused the first "
-                f"{len(self._refusals)} recipients with the same reply: {text!r}",
-                hint="nobody was marked failed: check the sender (MAILER_FROM), the "
-                "credentials and the relay's rules, then run again",
-            ))
-            self._refusals.clear()  # still held: released at the end
-            self._tripped = True
-        return True
-
-    def _record_refusals(self) -> None:
-        for item, _shape, reply, text, decision in self._refusals:
-            self._record(item, DeliveryState.FAILED, reply.code, text, self.clock(),
-                         bounce=decision.bounce)
-        self._refusals.clear()
+    def _record_failed(self, item: claims.Claimed, reply: Reply, text: str,
+                       decision: Decision) -> None:
+        self._record(item, DeliveryState.FAILED, reply.code, text, self.clock(),
+                     bounce=decision.bounce)
 
     def _record(self, item: claims.Claimed, state: DeliveryState, code: int | None, reply: str,
                 now: datetime, *, next_attempt_at: datetime | None = None,

@@ -110,6 +110,18 @@ def decide(
     return Decision(Outcome.FAILED, bounce=status in BAD_MAILBOX and not about_sender)
 
 
+def waited(waits: list[tuple[datetime, datetime]], since: datetime, now: datetime) -> float:
+    """Seconds between `since` and `now` spent waiting for a relay's budget (paused, or a
+    window full): the union of `waits`, clipped. A give-up age does not count them."""
+    total, reached = 0.0, since
+    for start, end in sorted(waits):
+        start, end = max(start, reached), min(end, now)
+        if end > start:
+            total += (end - start).total_seconds()
+            reached = end
+    return total
+
+
 def _temporary(
     attempts: int,
     first_attempt_at: datetime,

@@ -40,8 +40,10 @@ def worker_name() -> str:
 class Recorder:
     """What one worker (`owner`) claimed, holds and has heard, until it is committed."""
 
-    def __init__(self, engine: Engine, owner: str, clock: Clock, lease_seconds: float) -> None:
+    def __init__(self, engine: Engine, owner: str, clock: Clock, lease_seconds: float,
+                 relay: str | None = None) -> None:
         self.engine = engine
+        self.relay = relay  # named in the attempts log
         self.owner = owner
         self.clock = clock
         self.lease_seconds = lease_seconds
@@ -136,11 +138,13 @@ class Recorder:
         *,
         next_attempt_at: datetime | None = None,
         bounce: bool = False,
+        charged: bool = True,
     ) -> None:
-        """One outcome, committed by the next flush."""
+        """One outcome, committed by the next flush; `charged=False`: back to `state` (where
+        it was claimed from) with no attempt counted."""
         self._results.append(outcomes.Result(
             item.delivery_id, state, now, code, reply, next_attempt_at,
-            item.recipient.id if bounce else None,
+            item.recipient.id if bounce else None, charged,
         ))
 
     async def flush(self) -> None:
@@ -148,7 +152,7 @@ class Recorder:
             return
         batch, self._results = self._results, []
         try:
-            await self.in_db(lambda c: outcomes.record(c, self.owner, batch))
+            await self.in_db(lambda c: outcomes.record(c, self.owner, batch, self.relay))
         except BaseException:
             self._results[:0] = batch  # not recorded: never released as untried
             raise

@@ -16,23 +16,30 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
+from mailer.core.budget import rate_window
 from mailer.core.clock import Clock, system_clock
 from mailer.core.config import Rate, Settings
 from mailer.core.delivery import Transport
-from mailer.core.errors import InputError, MailerError, NotFoundError
+from mailer.core.errors import (
+    ConfigError,
+    InputError,
+    MailerError,
+    NotFoundError,
+    RelayRefusedError,
+)
 from mailer.core.states import DeliveryState
 from mailer.messages.campaign import load_campaign
 from mailer.messages.factory import MessageFactory
 from mailer.messages.preflight import PreflightReport
 from mailer.sending.dispatch import Dispatcher
 from mailer.sending.options import ProgressFn, RunOptions, Tally
-from mailer.sending.outbox import OutboxTransport
 from mailer.sending.prepare import (
     ListCheck,
     bounce_address,
@@ -41,6 +48,7 @@ from mailer.sending.prepare import (
     fingerprint,
     snapshot,
 )
+from mailer.sending.routes import Route, adding, open_routes, paused
 from mailer.sending.stopping import Stopping
 from mailer.sending.workers import CheckProgress, SendingWorkers
 from mailer.store import claims, counts, meta, queueing
@@ -104,6 +112,10 @@ class RunReport:
             "skipped": self.tally.skipped,
             "released": self.tally.released,
             "lease_lost": self.tally.lost,
+            "returned": self.tally.returned,
+            "slowdowns": self.tally.slowdowns,
+            "waiting": {"reason": self.tally.wait, "relay": self.tally.wait_relay,
+                        "until": self.tally.wait_until} if self.tally.wait else None,
             "interrupted": self.tally.interrupted,
             "seconds": round(self.tally.elapsed, 3),
         }
@@ -146,7 +158,8 @@ class SendRun:
         self.clock = clock
         self.owner = owner
         self.options = RunOptions.from_settings(settings, limit=request.limit, bounce_address=None)
-        self.transport: Transport | None = None
+        self.transport: Transport | None = None  # the first route's, for messages
+        self.routes: list[Route] = []
         self._target: _Target | None = None
         self._stopping = Stopping()
 
@@ -266,19 +279,19 @@ class SendRun:
     # --- the way out -------------------------------------------------------------------------
 
     def _open_transport(self) -> Transport:
-        """The run's one transport, and the envelope's bounce address: both checked before
-        anything is queued. Every --workers process sends through its forked copy of it (no
-        connection is open when the children are forked)."""
+        """The run's ways out (one transport per relay, in order, or the outbox), and the
+        envelope's bounce address: all checked before anything is queued. Every --workers
+        process sends through its forked copies of them (no connection is open when the
+        children are forked). A relay whose settings are wrong stops only itself, unless it
+        is the only one."""
         if self.transport is not None:
             return self.transport
         self.options = replace(self.options, bounce_address=bounce_address(self.settings))
-        if self.request.outbox is not None:
-            self.transport = OutboxTransport(self.request.outbox)
-        else:
-            # Imported here: commands that send nothing do not load aiosmtplib.
-            from mailer.sending.smtp import SmtpPool
-
-            self.transport = SmtpPool(self.settings, concurrency=self.settings.concurrency)
+        self.routes = open_routes(self.settings, self.request.outbox)
+        usable = [route.transport for route in self.routes if route.transport is not None]
+        if not usable:
+            raise next(route.error for route in self.routes if route.error is not None)
+        self.transport = usable[0]
         return self.transport
 
     # --- dispatching -------------------------------------------------------------------------
@@ -308,22 +321,70 @@ class SendRun:
         self, index: int, engine: Engine, connections: int, progress: ProgressFn | None
     ) -> Tally:
         """This process's share of the campaign: `connections` of the run's connections and
-        as much of its rate. Run here (index 0), and by each forked worker on its copy."""
-        target, transport = self._target, self.transport
+        as much of its rate, through each relay in turn while one is paused, full or refuses.
+        Run here (index 0), and by each forked worker on its copy."""
+        target = self._target
         assert target is not None
-        assert transport is not None
         if index > 0:
             self._stopping.in_worker = True
-        rate = self.options.rate
         share = connections / self.settings.concurrency
-        options = replace(self.options, concurrency=connections,
-                          rate=Rate(rate.count * share, rate.seconds) if rate else None)
+        combined = Tally(total=target.total, started=time.monotonic())
+        errors: list[MailerError] = []
+        for route in self.routes:
+            if route.transport is None:
+                assert route.error is not None
+                errors.append(route.error)
+                combined.notes.append(f"{route.error.message} (it was skipped)")
+                continue
+            if self.request.limit is not None and combined.done >= self.request.limit:
+                break
+            pause = paused(engine, route, self.clock)
+            if pause is not None:
+                combined.add(pause)
+                continue
+            try:
+                tally = self._through(route, index, engine, share, combined, progress)
+            except (RelayRefusedError, ConfigError) as exc:
+                if len(self.routes) == 1:
+                    raise
+                errors.append(exc)
+                combined.notes.append(f"{exc.message}; the next relay takes over")
+                continue
+            if not tally.wait or tally.interrupted:
+                return combined  # everything due was sent (or the run was stopped)
+        refusals = [e for e in errors if isinstance(e, RelayRefusedError)]
+        if refusals or (errors and len(errors) == len(self.routes)):
+            raise (refusals or errors)[0]
+        return combined
+
+    def _through(self, route: Route, index: int, engine: Engine, share: float,
+                 combined: Tally, progress: ProgressFn | None) -> Tally:
+        """One dispatcher through one relay; its tally is added to `combined` as it goes."""
+        target, transport, spec = self._target, route.transport, route.spec
+        assert target is not None
+        assert transport is not None
+        rate = spec.rate if spec is not None else self.options.rate
+        own = spec.concurrency if spec and spec.concurrency else self.settings.concurrency
+        limit = self.options.limit
+        options = replace(
+            self.options, concurrency=max(1, round(own * share)),
+            rate=Rate(rate.count * share, rate.seconds) if rate else None,
+            limit=limit - combined.done if limit is not None else None,
+            relay=spec.name if spec else None,
+            windows=(spec.quota + ((rate_window(rate.per_second),) if rate else ())
+                     if spec else ()),
+        )
         dispatcher = Dispatcher(
             engine, target.campaign_id, target.factory, transport, options,
-            clock=self.clock, owner=self.owner if index == 0 else None, progress=progress,
+            clock=self.clock, owner=self.owner if index == 0 else None,
+            progress=None if progress is None else adding(combined, progress),
         )
         total = min(target.total, options.limit) if options.limit else target.total
-        return asyncio.run(self._stopping.run(dispatcher, total))
+        try:
+            tally = asyncio.run(self._stopping.run(dispatcher, total))
+        finally:
+            combined.add(dispatcher.tally)
+        return tally
 
 
 def _empty_status(name: str) -> dict[str, Any]:

@@ -63,6 +63,7 @@ class SmtpPool:
         self.relay = relay_address(self.host, self.port)
         self.description = f"{self.relay} ({self.security})"
         self.connections_opened = 0  # for logs and tests
+        self.refused_connections = 0  # extra connections the relay would not take (throttling)
 
         self._username = settings.smtp_username
         self._password = settings.smtp_password
@@ -110,6 +111,7 @@ class SmtpPool:
                 if not (could_not_open and self._others_alive(slot)):
                     raise
                 slot.retired = True
+                self.refused_connections += 1
             except BaseException:
                 self._discard(slot)  # cancelled or failed mid-transaction: state unknown
                 raise

@@ -29,7 +29,8 @@ from aiosmtplib import (
 )
 
 from mailer.core.delivery import Reply, Stage
-from mailer.core.errors import ConfigError, MailerError, RelayTemporaryError
+from mailer.core.errors import ConfigError, MailerError, RelayRefusedError, RelayTemporaryError
+from mailer.sending.refusals import classify
 
 # What translate_smtp_error is caught around: aiosmtplib's root, plus the ssl and socket
 # errors that aiosmtplib lets through (ssl.SSLError and TimeoutError are OSErrors).
@@ -138,10 +139,28 @@ def translate_smtp_error(
     replaced by *** wherever it would appear.
     """
     outcome = _translate(exc, stage, relay=relay, timeout=timeout)
+    if stage is Stage.CONNECT and isinstance(outcome, MailerError):
+        outcome = _refused(exc, outcome) or outcome
     if isinstance(outcome, Reply):
         return replace(outcome, text=_scrub(outcome.text, secret))
     hint = _scrub(outcome.hint, secret) if outcome.hint else None
+    if isinstance(outcome, RelayRefusedError):
+        return RelayRefusedError(_scrub(outcome.message, secret), kind=outcome.kind,
+                                 reply=_scrub(outcome.reply, secret), hint=hint)
     return type(outcome)(_scrub(outcome.message, secret), hint=hint)
+
+
+def _refused(exc: Exception, error: MailerError) -> RelayRefusedError | None:
+    """A refusal at connect time (greeting, EHLO, AUTH) worded as the relay's budget: not a
+    configuration problem, and not a mere outage (the relay is paused)."""
+    if not isinstance(exc, SMTPResponseException) or exc.code < 0:
+        return None
+    message = str(exc.message or "")
+    kind = classify(exc.code, message, Stage.CONNECT)
+    if kind is None:
+        return None
+    return RelayRefusedError(error.message, kind=kind.value,
+                             reply=f"{exc.code} {message}".strip(), hint=error.hint)
 
 
 def _translate(
@@ -182,8 +201,11 @@ def _translate(
         refusal = next(r for r in exc.recipients if _wants_login(r.code, r.message))
         return _login_error(relay, refusal.code, refusal.message)
     if isinstance(exc, SMTPSenderRefused) and stage is not Stage.CONNECT:
-        # 552 at MAIL is the SIZE check (the message, not the sender).
-        if 500 <= exc.code < 600 and exc.code != 552:
+        # 552 at MAIL is the SIZE check (the message, not the sender); a quota refusal at
+        # MAIL is the relay's budget (a Reply the dispatcher classifies), not a wrong sender.
+        if 500 <= exc.code < 600 and exc.code != 552 and classify(
+            exc.code, message, Stage.MAIL
+        ) is None:
             return ConfigError(
                 f"the relay {relay} refuses the sender {exc.sender}: {exc.code} {message}",
                 hint="set a sender the relay accepts (the campaign's From, or MAILER_FROM)",

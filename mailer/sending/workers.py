@@ -33,7 +33,6 @@ from mailer.store.engine import open_engine
 CheckProgress = Callable[[int, int], None]
 # What a child does: (its index, its own engine, the channel to the parent) -> its result
 Work = Callable[[int, Engine, Any], Any]
-_COUNTS = ("sent", "deferred", "failed", "uncertain", "skipped", "released", "requeued", "lost")
 
 
 class Sender(Protocol):
@@ -204,11 +203,9 @@ class SendingWorkers:
 
     def _merged(self, own: Tally) -> Tally:
         self._drain()
-        combined = Tally(total=own.total, started=own.started, interrupted=own.interrupted,
-                         signal=own.signal)
+        combined = Tally(total=own.total, started=own.started)
         for tally in [own, *self._latest.values()]:
-            for name in _COUNTS:
-                setattr(combined, name, getattr(combined, name) + getattr(tally, name))
+            combined.add(tally)
         return combined
 
 

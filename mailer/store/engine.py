@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from mailer.core.errors import ConfigError, DatabaseError, SchemaError
 
-SCHEMA_HEAD = "0004"  # the newest migration in mailer/store/migrations/versions (a test checks)
+SCHEMA_HEAD = "0005"  # the newest migration in mailer/store/migrations/versions (a test checks)
 BUSY_TIMEOUT_MS = 30_000
 _MIGRATION_LOCK = 0x6D61696C6572  # "mailer": PostgreSQL advisory lock for migrations
 

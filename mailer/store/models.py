@@ -158,6 +158,45 @@ class Attempt(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     code: Mapped[int | None] = mapped_column(Integer)
     reply: Mapped[str | None] = mapped_column(Text)
+    relay: Mapped[str | None] = mapped_column(String(255))  # the relay's name; None: outbox
+
+
+class RelayState(Base):
+    """A relay's pause: after it refused for its budget, nothing is sent through it until
+    `paused_until`; `strikes` counts the refusals since its last acceptance (the cool-down
+    doubles with each)."""
+
+    __tablename__ = "relays"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    strikes: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str | None] = mapped_column(Text)  # the relay's words
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RelaySlot(Base):
+    """A block of `count` messages reserved in a relay's windows, used before `until`: a
+    window counts every block whose `until` falls inside it."""
+
+    __tablename__ = "relay_slots"
+    __table_args__ = (Index("ix_relay_slots_relay_until", "relay", "until"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    relay: Mapped[str] = mapped_column(String(255))
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class RelayWait(Base):
+    """A stretch of time nothing could be sent through a relay (paused, or its window full):
+    it does not count toward a delivery's give-up age."""
+
+    __tablename__ = "relay_waits"
+    __table_args__ = (Index("ix_relay_waits_ends_at", "ends_at"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    relay: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(String(16))  # "paused" or "window"
 
 
 class Bounce(Base):

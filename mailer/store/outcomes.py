@@ -49,6 +49,12 @@ class Result:
     reply: str
     next_attempt_at: datetime | None = None
     subscriber_id: int | None = None  # set to mark this subscriber bounced
+    # False: the relay refused for its own budget. The delivery goes back to `state` (where it
+    # was claimed from) with no attempt counted; the attempts log keeps the relay's words.
+    charged: bool = True
+
+
+RETURNED = "returned"  # the attempts log's outcome for a reply that charged nobody
 
 
 _RECORD = (
@@ -73,10 +79,28 @@ _RECORD = (
 )
 
 
+_RETURN = (
+    update(_DELIVERIES)
+    .where(
+        _DELIVERIES.c.id == bindparam("b_id"),
+        _DELIVERIES.c.state == S.SENDING.value,
+        _DELIVERIES.c.lease_owner == bindparam("b_owner"),
+    )
+    .values(
+        state=bindparam("b_state"),
+        last_code=bindparam("b_code"),
+        last_reply=bindparam("b_reply"),
+        lease_owner=None,
+        lease_expires_at=None,
+        updated_at=bindparam("b_at"),
+    )
+)
+
+
 # The attempt, for a delivery that still exists: one erased (`subscribers forget`) while it
 # was being sent has nothing left to log against.
 _LOG = insert(_ATTEMPTS).from_select(
-    ["delivery_id", "at", "worker", "outcome", "code", "reply"],
+    ["delivery_id", "at", "worker", "outcome", "code", "reply", "relay"],
     select(
         _DELIVERIES.c.id,
         bindparam("a_at", type_=UTCDateTime()),
@@ -84,14 +108,44 @@ _LOG = insert(_ATTEMPTS).from_select(
         bindparam("a_outcome", type_=String()),
         bindparam("a_code", type_=Integer()),
         bindparam("a_reply", type_=Text()),
+        bindparam("a_relay", type_=String()),
     ).where(_DELIVERIES.c.id == bindparam("a_id")),
 )
 
 
-def record(connection: Connection, owner: str, results: Sequence[Result]) -> None:
-    """Store a batch of outcomes and append them to the attempts log; one transaction."""
+def record(connection: Connection, owner: str, results: Sequence[Result],
+           relay: str | None = None) -> None:
+    """Store a batch of outcomes and append them to the attempts log (naming the `relay` they
+    went through); one transaction."""
     if not results:
         return
+    charged = [r for r in results if r.charged]
+    returned = [r for r in results if not r.charged]
+    if returned:
+        connection.execute(_RETURN, [
+            {"b_id": r.delivery_id, "b_owner": owner, "b_state": r.state.value, "b_at": r.at,
+             "b_code": r.code, "b_reply": r.reply}
+            for r in returned
+        ])
+    if charged:
+        _record_charged(connection, owner, charged)
+    connection.execute(_LOG, [
+        {"a_id": r.delivery_id, "a_at": r.at, "a_worker": owner,
+         "a_outcome": r.state.value if r.charged else RETURNED,
+         "a_code": r.code, "a_reply": r.reply, "a_relay": relay}
+        for r in results
+    ])
+    bounced = sorted({r.subscriber_id for r in charged if r.subscriber_id is not None})
+    if bounced:
+        now = max(r.at for r in results)
+        connection.execute(
+            update(Subscriber)
+            .where(Subscriber.id.in_(bounced), Subscriber.status == ACTIVE)
+            .values(status=SubscriberStatus.BOUNCED.value, status_changed_at=now, updated_at=now)
+        )
+
+
+def _record_charged(connection: Connection, owner: str, results: Sequence[Result]) -> None:
     connection.execute(
         _RECORD,
         [
@@ -108,19 +162,6 @@ def record(connection: Connection, owner: str, results: Sequence[Result]) -> Non
             for r in results
         ],
     )
-    connection.execute(_LOG, [
-        {"a_id": r.delivery_id, "a_at": r.at, "a_worker": owner, "a_outcome": r.state.value,
-         "a_code": r.code, "a_reply": r.reply}
-        for r in results
-    ])
-    bounced = sorted({r.subscriber_id for r in results if r.subscriber_id is not None})
-    if bounced:
-        now = max(r.at for r in results)
-        connection.execute(
-            update(Subscriber)
-            .where(Subscriber.id.in_(bounced), Subscriber.status == ACTIVE)
-            .values(status=SubscriberStatus.BOUNCED.value, status_changed_at=now, updated_at=now)
-        )
 
 
 # --- the report ----------------------------------------------------------------------------

@@ -46,14 +46,44 @@ address) overrides the vocabulary: it returns a word above, an SMTP reply line g
 (`"451 4.3.0 busy"`; a 2xx line accepts), or None to fall back to the local part. Example:
 `script=lambda rcpt, attempt: "451 4.3.0 busy" if attempt < 3 else "ok"`.
 
+Scripts for the other stages (each returns an SMTP reply line, or None for the usual reply):
+
+    greeting_script(n)            n: the connection's number (1-based, real connections only,
+                                  not aiosmtpd's start-up probe). A line replaces the greeting
+                                  (the `greeting` option's or the 220); unless it is 2xx, the
+                                  relay hangs up after it.
+    mail_script(sender, n)        n: the n-th MAIL FROM on this relay. A non-2xx line is the
+                                  reply instead of 250 (before the sender vocabulary above);
+                                  a 2xx line or None: as usual.
+    data_script(recipients, n)    called after the final dot, n: the n-th message on this
+                                  relay. A non-2xx line refuses the message (not recorded);
+                                  a 2xx line or None: as usual (the vocabulary after the dot).
+
+Whatever the stage, a scripted `421 …` line is followed by a hang-up, as a real relay does.
+
+A relay's budget: `refusal = server.refuse(stage, line, after=n)` installs a Refusal as the
+script of `stage` ("greeting", "mail", "rcpt" or "data"): the usual replies until the relay
+has accepted `n` messages (`server.accepted`, counted when each final dot is accepted), then
+`line` at that stage, for every connection, until the test sets `refusal.active = False`
+(the budget is back). A Refusal accepts any script's arguments, so it can also be wrapped or
+assigned by hand (`server.mail_script = Refusal(server, line, after=10)`); scripts are read
+on each call and may be replaced while the relay runs. Example:
+
+    quota = server.refuse("rcpt", "550 5.4.5 Daily user sending quota exceeded", after=10)
+    ...send: 10 accepted, then every RCPT refused...
+    quota.active = False          # the next day: everything accepted again
+
 Server options (see ScriptedSMTPServer): tls, auth, auth_over_plain, smtputf8, script,
-stall_seconds, slow_seconds, greeting, greeting_delay, max_connections, idle_timeout.
+mail_script, data_script, greeting_script, stall_seconds, slow_seconds, greeting,
+greeting_delay, max_connections, idle_timeout.
 
 Everything is recorded thread-safely: `messages` (sender, recipients, bytes, Message-ID, MAIL
-options, queue id), `copies(recipient)`, `copies_by_recipient()`, `rcpt_attempts(address)`,
+options, queue id, `received_at`: time.time() when the final dot was accepted), `accepted`
+(how many messages), `copies(recipient)`, `copies_by_recipient()`, `rcpt_attempts(address)`,
 `sessions` (one per connection that said EHLO or HELO: TLS or not, the AUTH login, its
-transactions, closed or not), `open_connections` and `max_concurrent_transactions`.
-`reset()` forgets it all.
+transactions, closed or not), `connections` (every connection made, said EHLO or not: also
+those refused at the greeting by max_connections or a greeting script), `open_connections`
+and `max_concurrent_transactions`. `reset()` forgets it all (the scripts' counts start over).
 """
 
 from __future__ import annotations
@@ -64,6 +94,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -80,7 +111,11 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from mailer.core.config import Settings
 
 TLSMode = Literal["none", "starttls", "tls"]
-Script = Callable[[str, int], "str | None"]
+Script = Callable[[str, int], "str | None"]  # RCPT: (recipient, attempt of that address)
+MailScript = Callable[[str, int], "str | None"]  # (sender, n-th MAIL FROM on this relay)
+DataScript = Callable[[tuple[str, ...], int], "str | None"]  # (recipients, n-th message)
+GreetingScript = Callable[[int], "str | None"]  # (n-th connection to this relay)
+RefusalStage = Literal["greeting", "mail", "rcpt", "data"]
 
 # Longest first where one word is the prefix of another.
 RECIPIENT_WORDS = (
@@ -104,6 +139,7 @@ class ReceivedMessage:
     session: int  # SessionRecord.number of the connection it came on
     mail_options: tuple[str, ...]
     queue_id: str
+    received_at: float  # time.time() when the final dot was accepted (before any late reply)
 
 
 @dataclass
@@ -115,6 +151,27 @@ class SessionRecord:
     login: str | None = None
     transactions: int = 0  # MAIL FROM accepted
     closed: bool = False
+
+
+class Refusal:
+    """A script for any stage: None (the usual reply) until `server` has accepted `after`
+    messages, then `line`, while `active`. Set `active = False` to lift it; `refused` counts
+    the replies it gave. Usually made by `server.refuse(stage, line, after=n)`."""
+
+    def __init__(self, server: ScriptedSMTPServer, line: str, after: int = 0) -> None:
+        if not _REPLY_LINE.match(line):
+            raise ValueError(f"not an SMTP reply line: {line!r}")
+        self.server = server
+        self.line = line
+        self.after = after
+        self.active = True
+        self.refused = 0
+
+    def __call__(self, *arguments: object) -> str | None:
+        if self.active and self.server.accepted >= self.after:
+            self.refused += 1
+            return self.line
+        return None
 
 
 @dataclass(frozen=True)
@@ -145,11 +202,12 @@ class ScriptedSMTPServer:
     tls: "none" (plain; STARTTLS not offered), "starttls" (offered), "tls" (implicit TLS);
     the last two need `certificates`. auth: {login: password}; when given, AUTH PLAIN/LOGIN
     is offered (over TLS only unless auth_over_plain) and MAIL requires it. smtputf8: offer
-    SMTPUTF8. greeting: replaces the 220 greeting (a non-220 one is followed by a hang-up);
-    greeting_delay: seconds before it. max_connections: connections past this many open at
-    once are greeted with 421 4.7.0 and closed (a relay's per-client limit). idle_timeout:
-    seconds of client silence before the relay closes the connection. Use as a context
-    manager, or start()/stop().
+    SMTPUTF8. script, mail_script, data_script, greeting_script: scripted replies at RCPT,
+    MAIL, after the final dot, at the greeting (see the module doc). greeting: replaces the
+    220 greeting (a non-2xx one is followed by a hang-up); greeting_delay: seconds before
+    it. max_connections: connections past this many open at once are greeted with 421 4.7.0
+    and closed (a relay's per-client limit). idle_timeout: seconds of client silence before
+    the relay closes the connection. Use as a context manager, or start()/stop().
     """
 
     host = "127.0.0.1"
@@ -163,6 +221,9 @@ class ScriptedSMTPServer:
         auth_over_plain: bool = False,
         smtputf8: bool = True,
         script: Script | None = None,
+        mail_script: MailScript | None = None,
+        data_script: DataScript | None = None,
+        greeting_script: GreetingScript | None = None,
         stall_seconds: float = 2.0,
         slow_seconds: float = 0.3,
         greeting: str | None = None,
@@ -176,6 +237,9 @@ class ScriptedSMTPServer:
         self.certificates = certificates
         self.auth = dict(auth or {})
         self.script = script
+        self.mail_script = mail_script
+        self.data_script = data_script
+        self.greeting_script = greeting_script
         self.stall_seconds = stall_seconds
         self.slow_seconds = slow_seconds
         self.greeting = greeting
@@ -190,6 +254,9 @@ class ScriptedSMTPServer:
         self._sessions: list[SessionRecord] = []
         self._active = 0
         self._max_active = 0
+        self._connections = 0  # every connection made (not the start-up probe)
+        self._mails = 0  # MAIL FROM commands received
+        self._datas = 0  # messages whose final dot arrived
 
         smtp_options: dict[str, Any] = {"enable_SMTPUTF8": smtputf8, "timeout": idle_timeout}
         if tls == "starttls":
@@ -202,7 +269,7 @@ class ScriptedSMTPServer:
         self._controller = _Controller(
             self,
             _Handler(self),
-            ssl_context=certificates.server_context() if tls == "tls" else None,
+            ssl_context=certificates.server_context() if tls == "tls" and certificates else None,
             **smtp_options,
         )
 
@@ -258,6 +325,18 @@ class ScriptedSMTPServer:
             return [replace(record) for record in self._sessions]
 
     @property
+    def accepted(self) -> int:
+        """How many messages the relay has accepted (recorded in `messages`)."""
+        with self._lock:
+            return len(self._messages)
+
+    @property
+    def connections(self) -> int:
+        """Every connection made to the relay, including those refused at the greeting."""
+        with self._lock:
+            return self._connections
+
+    @property
     def open_connections(self) -> int:
         with self._lock:
             return self._open
@@ -286,6 +365,23 @@ class ScriptedSMTPServer:
             self._rcpt_attempts.clear()
             self._sessions.clear()
             self._max_active = 0
+            self._connections = self._mails = self._datas = 0
+
+    def refuse(self, stage: RefusalStage, line: str, *, after: int = 0) -> Refusal:
+        """Answer `line` at `stage` once `after` messages are accepted (replacing that stage's
+        script); `active = False` on the Refusal returned lifts it."""
+        refusal = Refusal(self, line, after)
+        if stage == "greeting":
+            self.greeting_script = refusal
+        elif stage == "mail":
+            self.mail_script = refusal
+        elif stage == "rcpt":
+            self.script = refusal
+        elif stage == "data":
+            self.data_script = refusal
+        else:
+            raise ValueError(f"unknown stage {stage!r}: greeting, mail, rcpt or data")
+        return refusal
 
     # -- called from the server thread ------------------------------------------------
 
@@ -352,15 +448,40 @@ class ScriptedSMTPServer:
                 session=record.number,
                 mail_options=tuple(envelope.mail_options),
                 queue_id=queue_id,
+                received_at=time.time(),
             ))
         return queue_id
 
-    def _greeted(self, server: _ScriptedSMTP) -> bool:
-        """Count a new connection; False if it is one too many."""
+    def _greeted(self, server: _ScriptedSMTP) -> tuple[int, bool]:
+        """Count a new connection: its number, and False if it is one too many."""
         with self._lock:
             server.counted = True
             self._open += 1
-            return self.max_connections is None or self._open <= self.max_connections
+            self._connections += 1
+            allowed = self.max_connections is None or self._open <= self.max_connections
+            return self._connections, allowed
+
+    def _greeting(self, number: int) -> str | None:
+        """The scripted greeting of connection `number`, else the `greeting` option."""
+        if self.greeting_script is not None:
+            line = self.greeting_script(number)
+            if line is not None:
+                return line
+        return self.greeting
+
+    def _mail_reply(self, sender: str) -> str | None:
+        """mail_script's refusal of this MAIL FROM, if any."""
+        with self._lock:
+            self._mails += 1
+            number = self._mails
+        return _refusal(self.mail_script(sender, number)) if self.mail_script else None
+
+    def _data_reply(self, recipients: tuple[str, ...]) -> str | None:
+        """data_script's refusal of this message, if any."""
+        with self._lock:
+            self._datas += 1
+            number = self._datas
+        return _refusal(self.data_script(recipients, number)) if self.data_script else None
 
     def _closed(self, server: _ScriptedSMTP) -> None:
         self._end(server)
@@ -370,6 +491,21 @@ class ScriptedSMTPServer:
                 self._open -= 1
             if server.record is not None:
                 server.record.closed = True
+
+
+def _refusal(line: str | None) -> str | None:
+    """A script's answer if it is a refusal (a non-2xx reply line); None otherwise."""
+    if line is not None and _REPLY_LINE.match(line) and not line.startswith("2"):
+        return line
+    return None
+
+
+async def _refuse(server: AiosmtpdSMTP, line: str) -> str:
+    """Reply `line`; after a 421, hang up as a real relay does (then it does not return)."""
+    if line.startswith("421"):
+        await server.push(line)
+        await _hang_up(server)
+    return line
 
 
 def _over_tls(server: AiosmtpdSMTP) -> bool:
@@ -403,7 +539,8 @@ class _ScriptedSMTP(AiosmtpdSMTP):
         if not self.owner._serving:  # aiosmtpd's start-up probe: a plain 220
             await super().push(status)
             return
-        if not self.owner._greeted(self):
+        number, allowed = self.owner._greeted(self)
+        if not allowed:
             await super().push("421 4.7.0 too many connections from your address")
             await _hang_up(self)
             return
@@ -414,8 +551,9 @@ class _ScriptedSMTP(AiosmtpdSMTP):
                 if self.transport is not None:
                     self.transport.close()
                 raise
-        await super().push(self.owner.greeting or status)
-        if self.owner.greeting is not None and not self.owner.greeting.startswith("220"):
+        greeting = self.owner._greeting(number) or status
+        await super().push(greeting)
+        if not greeting.startswith("2"):
             await _hang_up(self)
 
     async def smtp_DATA(self, arg: str) -> None:
@@ -445,9 +583,9 @@ class _Controller(Controller):
         return _ScriptedSMTP(self.owner, self.handler, **self.SMTP_kwargs)
 
     def _trigger_server(self) -> None:
-        assert self.server is not None
+        assert isinstance(self.server, asyncio.Server)
         self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
+        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 class _Handler:
@@ -481,6 +619,9 @@ class _Handler:
     ) -> str:
         if self.owner.auth and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        scripted = self.owner._mail_reply(address)
+        if scripted is not None:
+            return await _refuse(server, scripted)
         local = address.rpartition("@")[0].lower()
         if local.startswith("refuse-sender"):
             return "550 5.7.1 sender address rejected: not allowed to send from this address"
@@ -498,7 +639,7 @@ class _Handler:
         attempt = self.owner._count_rcpt(address)
         behaviour = self.owner._behaviour(address, attempt)
         if _REPLY_LINE.match(behaviour) and not behaviour.startswith("2"):
-            return behaviour
+            return await _refuse(server, behaviour)
         if behaviour == "temp" and attempt == 1:
             return "451 4.3.0 temporary failure, try again later"
         if behaviour == "greylist" and attempt == 1:
@@ -524,6 +665,9 @@ class _Handler:
         chosen = set(envelope.__dict__.get("scripted", {}).values())
         behaviour = next((word for word in _DATA_WORDS if word in chosen), "ok")
         try:
+            scripted = self.owner._data_reply(tuple(envelope.rcpt_tos))
+            if scripted is not None:
+                return await _refuse(server, scripted)
             if behaviour == "refuse-data":
                 return "554 5.7.1 message refused: content rejected"
             if behaviour == "defer-data":
@@ -589,7 +733,12 @@ def closed_port() -> int:
 
 __all__ = [
     "RECIPIENT_WORDS",
+    "DataScript",
+    "GreetingScript",
+    "MailScript",
     "ReceivedMessage",
+    "Refusal",
+    "RefusalStage",
     "ScriptedSMTPServer",
     "ServerFactory",
     "SessionRecord",

@@ -182,3 +182,14 @@ def test_imap_ca_file_from_toml_then_environment(
 
 def test_settings_repr_hides_the_imap_password() -> None:
     assert "imap-pw-value" not in repr(Settings(imap_password="imap-pw-value"))
+
+
+def test_workers_default_to_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset, a run may use one process per core it may run on, at most four; set, as set."""
+    from mailer.core import config
+
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    assert config.worker_count(Settings()) == 4
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid: {3})
+    assert config.worker_count(Settings()) == 1
+    assert config.worker_count(load_settings(environ={"MAILER_WORKERS": "3"})) == 3

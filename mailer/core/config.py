@@ -109,7 +109,8 @@ class Settings:
     retry_max_age: float = 345600.0
     lease_seconds: float = 600.0
     concurrency: int = 4
-    workers: int = 1  # sending processes on this machine (each uses a core)
+    workers: int | None = None  # sending processes on this machine; None: one per usable core
+    # (at most AUTO_WORKERS), and one alone for a list too short to be worth forking
     rate: Rate | None = None
     quota: tuple[Window, ...] = ()  # the relay's budget: sliding windows held in the ledger
     quota_cooldown: float = 3600.0  # a relay refusing for its budget pauses this long, doubling
@@ -339,6 +340,22 @@ def load_settings(
     if settings.retry_max_delay < settings.retry_base_delay:
         raise ConfigError("retry_max_delay must not be smaller than retry_base_delay")
     return settings
+
+
+AUTO_WORKERS = 4  # the most processes `workers` unset chooses
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's share)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_count(settings: Settings) -> int:
+    """How many sending processes a run may use: MAILER_WORKERS, or the usable cores."""
+    return settings.workers or min(AUTO_WORKERS, usable_cores())
 
 
 def relay_specs(settings: Settings) -> tuple[RelaySpec, ...]:

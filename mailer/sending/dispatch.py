@@ -78,6 +78,7 @@ class Dispatcher:
         self._queue: asyncio.Queue[claims.Claimed | None] = asyncio.Queue()
         self._again: deque[claims.Claimed] = deque()  # requeued after a 421
         self._recorded = asyncio.Event()  # the recorder's own stop: after the senders end
+        self._drained = asyncio.Event()  # nothing more will be queued
         self._requeues: dict[int, int] = {}
         self._claimed = 0
         self._limiter = RateLimiter(options.rate)
@@ -114,6 +115,7 @@ class Dispatcher:
         except MailerError as exc:
             self._fail(exc)
         finally:
+            self._drained.set()
             for _ in senders:
                 self._queue.put_nowait(None)
             ends = list(await asyncio.gather(*senders, return_exceptions=True))
@@ -229,7 +231,7 @@ class Dispatcher:
 
     async def _send_loop(self, index: int) -> None:
         while not self.stop.is_set():
-            await self.throttle.turn(index, self.stop)
+            await self.throttle.turn(index, self.stop, self._drained)
             item = await self._next()
             if item is None or self.stop.is_set():
                 return

@@ -19,7 +19,12 @@ LEFT = ("pending", "deferred", "uncertain", "sending")
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat(timespec="seconds") if moment else None
+    """To the second, rounded up: a pause or a full window has not ended before it says."""
+    if moment is None:
+        return None
+    if moment.microsecond:
+        moment = moment.replace(microsecond=0) + timedelta(seconds=1)
+    return moment.isoformat(timespec="seconds")
 
 
 def relays(connection: Connection, settings: Settings, now: datetime) -> list[dict[str, Any]]:

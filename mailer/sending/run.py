@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 
 from mailer.core.budget import rate_window
 from mailer.core.clock import Clock, system_clock
-from mailer.core.config import Rate, Settings
+from mailer.core.config import Rate, Settings, worker_count
 from mailer.core.delivery import Transport
 from mailer.core.errors import (
     ConfigError,
@@ -55,6 +55,7 @@ from mailer.store import claims, counts, meta, queueing
 from mailer.store.engine import read_transaction, write_transaction
 
 DELIVERIES_PER_WORKER = 100  # fewer due deliveries are sent by this process alone
+AUTO_PER_WORKER = 1000  # the same when mailer chooses the number of processes itself
 
 
 class PreflightFailed(InputError):
@@ -135,7 +136,7 @@ class _Target:
 
 class SendRun:
     """One send or retry run. It builds the transport and each campaign's message factory
-    once, runs the dispatcher here or in `settings.workers` processes (each runs `send_share`
+    once, runs the dispatcher here or in `worker_count(settings)` processes (each runs `send_share`
     on its own forked copy of this object), and owns its stopping (`Stopping`: the first
     Ctrl-C or SIGTERM stops claiming everywhere, a second one leaves at once)."""
 
@@ -190,7 +191,8 @@ class SendRun:
             check = ListCheck(factory, row.id if row else None,
                               recheck=row is not None and row.fingerprint != current,
                               date=self.clock())
-            report.check = check.run(self.engine, self.settings.workers, self.check_progress)
+            report.check = check.run(self.engine, worker_count(self.settings),
+                                     self.check_progress)
             if not report.check.ok:
                 raise PreflightFailed(report.check)
             if self.request.dry_run:
@@ -297,13 +299,16 @@ class SendRun:
     # --- dispatching -------------------------------------------------------------------------
 
     def _dispatch(self, target: _Target) -> Tally:
-        """One dispatcher, or `settings.workers` of them in as many processes."""
+        """One dispatcher, or up to `worker_count(settings)` of them in as many processes."""
         if target.total == 0:
             return Tally()
         self._target = target
         concurrency = self.settings.concurrency
-        count = min(self.settings.workers, concurrency,
-                    max(1, target.total // DELIVERIES_PER_WORKER))
+        # Chosen by mailer (MAILER_WORKERS unset), a process is forked only for a list long
+        # enough to pay for it; asked for, from DELIVERIES_PER_WORKER on.
+        per_worker = DELIVERIES_PER_WORKER if self.settings.workers else AUTO_PER_WORKER
+        count = min(worker_count(self.settings), concurrency,
+                    max(1, target.total // per_worker))
         if count <= 1 or self.request.limit is not None:
             return self.send_share(0, self.engine, concurrency, self.progress)
         workers = SendingWorkers(self.engine, count, concurrency, self, self.progress)

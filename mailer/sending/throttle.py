@@ -53,7 +53,9 @@ class Throttle:
             self.allowed += 1
             self._accepted = 0
 
-    async def turn(self, sender: int, stop: asyncio.Event) -> None:
-        """Sender number `sender` (0-based) waits while it is past the allowed connections."""
-        while sender >= self.allowed and not stop.is_set():
+    async def turn(self, sender: int, stop: asyncio.Event, drained: asyncio.Event) -> None:
+        """Sender number `sender` (0-based) waits while it is past the allowed connections,
+        unless the run is stopping or nothing more is coming (`drained`: it then goes on to
+        find the end of the queue)."""
+        while sender >= self.allowed and not (stop.is_set() or drained.is_set()):
             await asyncio.sleep(0.05)

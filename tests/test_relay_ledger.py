@@ -6,10 +6,12 @@ The days are an injectable clock's (tests/fakes.FakeClock); the relay is a real 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -136,7 +138,7 @@ def test_waiting_is_the_union_of_the_waits() -> None:
 
 
 def _budgeted(settings: Settings, server: ScriptedSMTPServer, quota: str,
-              **retry: float) -> Settings:
+              **retry: Any) -> Settings:
     relay = server.settings()
     return replace(settings, smtp_host=relay.smtp_host, smtp_port=relay.smtp_port,
                    smtp_security=relay.smtp_security, smtp_timeout=5.0,
@@ -205,3 +207,23 @@ def test_status_tells_the_plan(settings: Settings, tmp_path: Path) -> None:
                                     "next_slot_at": None},
                                    {"limit": 2000, "seconds": 86400, "used": 0,
                                     "next_slot_at": None}]}]
+
+
+def test_status_estimates_when_the_campaign_will_be_done(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path, templates: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """18 left at 100/h and 10/day: the day's window is the narrower, about 2 days."""
+    lines = "\n".join(f"p{i}@asso.fr" for i in range(18))
+    (tmp_path / "list.csv").write_text(f"email\n{lines}\n", encoding="utf-8")
+    assert cli("import", "list.csv").code == 0
+    assert cli("send", "closure-notice", "--dry-run", "--outbox", "out").code == 0
+    assert cli("send", "closure-notice", "--limit", "1", "--outbox", "out").code == 0
+    monkeypatch.setenv("MAILER_SMTP_HOST", "smtp.example.org")
+    monkeypatch.setenv("MAILER_QUOTA", "100/h,10/day")
+    data = json.loads(cli("status", "closure-notice", "--json").stdout)
+    assert data["plan"]["left"] == 17
+    assert data["plan"]["per_day"] == 10
+    assert data["plan"]["days"] == 1.7
+    human = cli("status", "closure-notice").stdout
+    assert "17 left; at 10/day: about 2 days, until " in human
+    assert "Relay smtp.example.org: 0 of 100/h used; 0 of 10/day used" in human

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from mailer import api
-from mailer.core.config import Settings
+from mailer.core.config import Settings, load_settings
 from tests.conftest import REPO_TEMPLATES, write_csv
 
 if TYPE_CHECKING:
@@ -134,3 +135,21 @@ def test_test_to_sends_one_marked_message_outside_the_ledger(
                              capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode == 1
     assert "--test-to" in refused.stderr
+
+
+def test_relay_tables_alone_give_the_plan_and_the_test_message(
+    place: dict[str, str], tmp_path: Path, smtp_server: ScriptedSMTPServer
+) -> None:
+    """With [[relay]] tables and no MAILER_SMTP_HOST, the plan names the first relay (and
+    how many follow), and --test-to goes through the first one."""
+    (tmp_path / "mailer.toml").write_text(
+        f'[[relay]]\nname = "first"\nhost = "127.0.0.1"\nport = {smtp_server.port}\n'
+        'security = "none"\n\n[[relay]]\nname = "second"\nhost = "127.0.0.1"\nport = 9\n'
+        'security = "none"\n', encoding="utf-8")
+    settings = replace(load_settings(tmp_path / "mailer.toml", {}),
+                       database_url=place["MAILER_DATABASE_URL"],
+                       templates_dir=tmp_path / "templates")
+    plan = api.send_plan(settings, "closure-notice")
+    assert plan.relay == f"127.0.0.1:{smtp_server.port} (none), then 1 more relay"
+    api.send_test(settings, "closure-notice", "me@exemple.org")
+    assert [m.recipients for m in smtp_server.messages] == [("me@exemple.org",)]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from mailer.core.addresses import address_key, clean_address
-from mailer.core.config import Settings
+from mailer.core.config import Settings, relay_settings, relay_specs
 from mailer.core.delivery import Submission
 from mailer.core.errors import InputError, NotFoundError, RelayTemporaryError
 from mailer.core.people import Recipient
@@ -63,8 +63,12 @@ def send_plan(settings: Settings, campaign: str, *, limit: int | None = None,
               now: datetime | None = None) -> SendPlan:
     """The plan of a send through the configured relay (nothing is written)."""
     loaded = load_campaign(settings, campaign)
+    settings, more = _first_relay(settings)
     host = require_relay(settings)
     relay = relay_address(host, settings.smtp_port or DEFAULT_PORTS[settings.smtp_security])
+    relay = f"{relay} ({settings.smtp_security})"
+    if more:
+        relay += f", then {more} more relay{'s' if more > 1 else ''}"
     with database(settings.database_url) as engine, read_transaction(engine) as connection:
         row = queueing.find_campaign(connection, campaign)
         count = queueing.count_to_check(connection, row.id if row else None, unqueued_only=True)
@@ -74,7 +78,7 @@ def send_plan(settings: Settings, campaign: str, *, limit: int | None = None,
     count = min(count, limit) if limit else count
     per_second = (settings.rate.per_second if settings.rate
                   else settings.concurrency * ASSUMED_PER_CONNECTION)
-    return SendPlan(campaign, count, f"{relay} ({settings.smtp_security})",
+    return SendPlan(campaign, count, relay,
                     str(loaded.sender), str(settings.rate) if settings.rate else None,
                     settings.concurrency, count / per_second, settings.rate is None)
 
@@ -108,8 +112,16 @@ def send_test(settings: Settings, campaign: str, to: str, email: str | None = No
     data = factory.composer.compose(tester, parts, links, envelope)
     submission = Submission(0, bounce_address(settings) or loaded.sender.addr_spec,
                             target.address, data, envelope.message_id, target.smtputf8)
-    reply = asyncio.run(_send_one(settings, submission))
+    reply = asyncio.run(_send_one(_first_relay(settings)[0], submission))
     return TestSent(target.email, subscriber.email, parts.subject, reply)
+
+
+def _first_relay(settings: Settings) -> tuple[Settings, int]:
+    """The settings as the first relay sees them ([[relay]] tables), and how many follow."""
+    specs = relay_specs(settings)
+    if not specs:
+        return settings, 0
+    return relay_settings(settings, specs[0]), len(specs) - 1
 
 
 async def _send_one(settings: Settings, submission: Submission) -> str:

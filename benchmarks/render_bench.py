@@ -7,7 +7,14 @@ chunks, it times:
   `mailer.messages.reference.build_message(...).as_bytes()`, the standard library's EmailMessage;
 - mailer: `factory.make(recipient, date=DATE).data`, Jinja rendering and `mailer.messages.compose`;
 - composition alone, on pre-rendered parts: `composer.reference(...)` (timed inside the
-  reference loop above) against `composer.compose(...)`, and Jinja alone (a second pass).
+  reference loop above) against `composer.compose(...)`, and Jinja alone (a second pass);
+- the stages of mailer's rendering once per campaign (the same second pass): the campaign's
+  skeleton (`factory.render(...)`: the holes per subscriber and the bodies encoded around
+  the static stretches) and composition with those bodies;
+- before and after it, in a third pass, interleaved in chunks: `factory.make` against the
+  same factory rendering the plain way (`MessageFactory(..., fast=False)`: Jinja2 on the whole
+  templates, the bodies encoded whole), and the pre-flight (`messages.preflight.preflight`)
+  per message both ways.
 
 Every subscriber's fast bytes must equal the reference bytes (same Message-ID and date); any
 difference is printed with the subscriber that causes it, and the exit status is 1. Memory,
@@ -58,6 +65,7 @@ from mailer.core.config import Settings
 from mailer.core.people import Recipient
 from mailer.messages.campaign import load_campaign
 from mailer.messages.factory import MessageFactory
+from mailer.messages.preflight import preflight
 from mailer.messages.reference import Envelope, build_message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,6 +208,7 @@ def log(message: str) -> None:
 def make_factory() -> MessageFactory:
     campaign = load_campaign(Settings(templates_dir=sources()[1]), CAMPAIGN)
     factory = MessageFactory(campaign, secret=SECRET, nonce=NONCE)
+    FACTORY_PARTS[0] = skeleton_parts(factory)
     if not factory.composer.fast:
         raise SystemExit(
             "mailer.messages.compose.Composer disabled its fast path (its self-check failed): "
@@ -276,6 +285,15 @@ class Totals:
     compose_folded: float = 0.0  # ... of which messages whose To header is folded
     compose_folded_count: int = 0
     render_alone: float = 0.0  # Jinja
+    skeleton: float = 0.0  # factory.render(...): the skeleton's parts and bodies
+    compose_bodies: float = 0.0  # composer.compose(..., bodies=...) with the skeleton's bodies
+    # The third pass (before_after): make() and the pre-flight, both ways.
+    stages_count: int = 0
+    make_fast: float = 0.0
+    make_plain: float = 0.0  # MessageFactory(..., fast=False).make(...)
+    preflight_fast: float = 0.0
+    preflight_plain: float = 0.0
+    fallbacks: int = 0  # subscribers the skeleton left to the plain way
     chunk_ratios: list[float] = field(default_factory=list)
     smtputf8: int = 0
     no_name: int = 0
@@ -447,6 +465,17 @@ def compose_alone(
         if digest(data) != expected:
             note_mismatch(totals, "compose", recipient, data, reference_bytes(factory, recipient))
             continue
+        t3 = clock()
+        rendered = factory.render(recipient, links)
+        t4 = clock()
+        with_bodies = composer.compose(recipient, rendered.parts, links, envelope,
+                                       bodies=rendered.bodies)
+        t5 = clock()
+        if with_bodies != data:
+            note_mismatch(totals, "skeleton", recipient, with_bodies, data)
+            continue
+        totals.skeleton += t4 - t3
+        totals.compose_bodies += t5 - t4
         totals.compose += spent
         if to_header_lines(data) > 1:
             totals.compose_folded += spent
@@ -454,6 +483,44 @@ def compose_alone(
         totals.prepare_alone += t1 - t0
         totals.render_alone += t2 - t1
         totals.compose_count += 1
+
+
+def before_after(
+    factory: MessageFactory, count: int, seed: int, chunk_size: int, totals: Totals
+) -> None:
+    """`make()` and the pre-flight with the skeleton and the plain way, chunk by chunk on the
+    same subscribers, alternating which way goes first; every message compared."""
+    plain = MessageFactory(factory.campaign, secret=SECRET, nonce=NONCE, fast=False)
+    warm_up(plain, 200, reference=False)
+    clock = time.perf_counter
+    fallbacks = factory.fallbacks
+    for index, chunk in enumerate(chunks(generate(count, seed), chunk_size)):
+        for way in ((factory, plain) if index % 2 == 0 else (plain, factory)):
+            t0 = clock()
+            made = [run_make(way, recipient) for recipient in chunk]
+            t1 = clock()
+            preflight(way, chunk, date=DATE)
+            t2 = clock()
+            if way is factory:
+                totals.make_fast += t1 - t0
+                totals.preflight_fast += t2 - t1
+                fast = made
+            else:
+                totals.make_plain += t1 - t0
+                totals.preflight_plain += t2 - t1
+                slow = made
+        for recipient, one, other in zip(chunk, fast, slow, strict=True):
+            if one != other:
+                note_mismatch(totals, "make, plain way", recipient, one, other)
+        totals.stages_count += len(chunk)
+    totals.fallbacks = factory.fallbacks - fallbacks
+
+
+def run_make(factory: MessageFactory, recipient: Recipient) -> Outcome:
+    try:
+        return factory.make(recipient, date=DATE).data
+    except Exception as exc:
+        return failure(exc)
 
 
 # --- memory: a child process streaming subscribers through the fast path --------------------
@@ -635,6 +702,62 @@ def percent(part: int, whole: int) -> str:
     return f"{part:,} ({100 * part / whole:.{2 if part and part < whole / 100 else 1}f} %)"
 
 
+def skeleton_parts(factory: MessageFactory) -> str:
+    skeleton = factory.skeleton
+    if skeleton is None:
+        return "no skeleton: every part is rendered the plain way"
+    made = {"subject": skeleton.subject_program, "text": skeleton.text, "HTML": skeleton.html}
+    fast = [name for name, part in made.items() if part is not None]
+    plain = [f"{name} ({skeleton.reasons.get(name, '')})" for name, part in made.items()
+             if part is None]
+    return f"the skeleton makes the {', '.join(fast) or 'no part'}" + (
+        f"; the plain way: {', '.join(plain)}" if plain else "")
+
+
+def stages_table(totals: Totals, compose_plain: float) -> list[str]:
+    """Rendering once per campaign (issue 15): each stage per message, both ways."""
+    n, c = totals.stages_count, totals.compose_count
+    if not n or not c:
+        return []
+
+    def cell(seconds: float, count: int) -> str:
+        return f"{seconds / count * 1e6:,.1f}"
+
+    rows = [
+        ("Jinja2 + composition: `factory.make(…)`", totals.make_plain, n, totals.make_fast, n),
+        ("the pre-flight, per message: `preflight(factory, …)`", totals.preflight_plain, n,
+         totals.preflight_fast, n),
+        ("rendering: `renderer.render(…)` / `factory.render(…)` (subject, text, HTML)",
+         totals.render_alone, c, totals.skeleton, c),
+        ("composition: `composer.compose(…)` (bodies encoded whole / the skeleton's)",
+         compose_plain * c, c, totals.compose_bodies, c),
+    ]
+    lines = [
+        "",
+        f"Rendering once per campaign ({FACTORY_PARTS[0]}): µs per message, the plain way"
+        " (`MessageFactory(…, fast=False)`: Jinja2 on the whole templates, the bodies encoded"
+        " whole) against the skeleton's (the static stretches rendered and encoded once, the"
+        " holes per subscriber). make() and the pre-flight: a third pass, the two ways"
+        " alternating by chunk; rendering and composition: the second pass.",
+        "",
+        "| stage | plain way µs/msg | skeleton µs/msg | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, before, b_count, after, a_count in rows:
+        ratio = (before / b_count) / (after / a_count) if after else 0.0
+        lines.append(f"| {label} | {cell(before, b_count)} | {cell(after, a_count)} |"
+                     f" {ratio:.1f}× |")
+    lines += [
+        "",
+        f"Subscribers the skeleton left to the plain way in the third pass: {totals.fallbacks:,}"
+        f" (of {n:,}).",
+    ]
+    return lines
+
+
+FACTORY_PARTS: list[str] = [""]  # what the skeleton makes, for the report
+
+
 def report(
     totals: Totals,
     memory: dict[str, Any] | None,
@@ -680,6 +803,7 @@ def report(
         row("token + Message-ID: `factory.links`, `factory.message_id`", totals.compose_count,
             totals.prepare_alone, "—"),
     ]  # fmt: skip
+    lines += stages_table(totals, compose_fast)
     ratios = sorted(totals.chunk_ratios)
     goal = "met" if speedup >= 10 else "**NOT met**"
     lines += [
@@ -869,6 +993,8 @@ def run(args: argparse.Namespace, *, frozen: bool) -> int:
             " some of each message's own lines still cached: it looks faster than it is"
         )
     compose_alone(factory, args.count, args.seed, digests, totals)
+    log("make() and the pre-flight, with the skeleton and the plain way, third pass")
+    before_after(factory, args.count, args.seed, args.chunk, totals)
     main_rss = rss_mib()
     wall = time.perf_counter() - t0
     others = (machine_busy_seconds() - busy0 - (time.process_time() - cpu0)) / wall

@@ -17,8 +17,9 @@ library's own encoders:
   whole to a continuation line, or broken before `<address>`), a name with accents encoded
   with the library's own encoded-word encoder (`encode_phrase`); any other name is folded by
   the library. Message-ID is copied when it is a plain id that fits on its line;
-- the bodies are quoted-printable encoded line by line with `email.quoprimime.body_encode`,
-  which encodes every line on its own, remembering the lines every message shares.
+- the bodies are quoted-printable encoded line by line as `email.quoprimime.body_encode`
+  does (`quoting.qp_encode`), every line on its own, remembering the lines every message shares;
+  a campaign's skeleton brings them already encoded (`messages.bodies`).
 
 A message whose address needs SMTPUTF8 is built by `build_message` itself. When a Composer is
 created it composes sample messages both ways and compares them; if they ever differ (another
@@ -34,12 +35,12 @@ from datetime import UTC, datetime
 
 # The encoder the header folder itself calls (email._header_value_parser._fold_as_ew).
 from email import _encoded_words as encoded_words  # type: ignore[attr-defined]
-from email import quoprimime
 from functools import lru_cache
 from typing import Any
 
 from mailer.core.people import Recipient
 from mailer.messages.campaign import Campaign
+from mailer.messages.quoting import qp_encode
 from mailer.messages.reference import (
     MAX_LINE,
     ONE_CLICK,
@@ -48,9 +49,10 @@ from mailer.messages.reference import (
     build_message,
     mailbox,
 )
-from mailer.messages.render import Links, Parts
+from mailer.messages.render import Links, Parts, display_name
 
 CRLF = b"\r\n"
+Bodies = tuple[bytes | None, bytes | None]
 _MAX = MAX_LINE
 # Words the header folder copies unchanged: RFC 5322 atext without the characters that make
 # the library quote a display name (SPECIALS) or look for an encoded word ('=', '?').
@@ -71,17 +73,24 @@ def header_names(data: bytes) -> list[bytes]:
     return [line.partition(b":")[0] for line in head.split(CRLF) if line[:1] not in (b" ", b"\t")]
 
 
+def header_shape(names: list[bytes]) -> re.Pattern[bytes] | None:
+    """A header block whose `header_names` are `names`, then the empty line: lines (no CRLF
+    inside) each `name` or `name:…`, in order, continuation lines (SP or HTAB first) between."""
+    if not names or any(not name or b":" in name or name[:1] in b" \t" for name in names):
+        return None
+    line = rb"[^\r]*+(?:\r(?!\n)[^\r]*+)*+"
+    continued = rb"(?:[ \t]" + line + rb"\r\n)*+"
+    return re.compile(continued + b"".join(
+        re.escape(name) + rb"(?::" + line + rb")?+\r\n" + continued for name in names
+    ) + rb"\r\n")
+
+
 def fold(name: str, value: Any) -> bytes:
     """One header as the library writes it in a message of POLICY."""
     return POLICY.fold_binary(*POLICY.header_store_parse(name, value))
 
 
-@lru_cache(maxsize=8192)
-def qp_line(line: bytes) -> bytes:
-    """One body line, quoted-printable as `set_content(cte="quoted-printable")` writes it."""
-    return quoprimime.body_encode(line.decode("latin-1"), _MAX).replace("\n", "\r\n").encode(
-        "ascii"
-    ) + CRLF
+qp_line = lru_cache(maxsize=8192)(qp_encode)  # lines every message of a campaign shares
 
 
 def quoted_printable(text: str) -> bytes:
@@ -152,42 +161,60 @@ class Composer:
         self._date: Callable[[datetime], bytes] = lru_cache(maxsize=64)(
             lambda date: fold("Date", date)
         )
+        # Names come back (first and last names of a list): the encoded display names.
+        self._phrase: Callable[[str], str] = lru_cache(maxsize=4096)(
+            lambda name: encode_phrase(name.split(" "))[:-1]
+        )
         self._names: list[bytes] = []
+        self._shape: re.Pattern[bytes] | None = None
         self._framing = self._learn_framing()
         self.fast = self._framing is not None and self._agrees()
 
     # --- per subscriber ---------------------------------------------------------------------
 
     def compose(
-        self, recipient: Recipient, parts: Parts, links: Links, envelope: Envelope
+        self, recipient: Recipient, parts: Parts, links: Links, envelope: Envelope,
+        bodies: Bodies = (None, None),
     ) -> bytes:
         """The message's bytes, identical to `build_message(...).as_bytes()`.
+
+        `bodies` may bring the text and HTML bodies already encoded, exactly as
+        `quoted_printable(parts.text)` and `(parts.html)` (`messages.bodies`, which encodes
+        a campaign's static stretches once).
 
         Either way, the header block is checked: exactly the headers written, in order, each
         continuation line folded with white space. ValueError otherwise (a header injection
         through some library bug must stop the message, not reach the relay).
         """
-        data = self._compose(recipient, parts, links, envelope)
+        data = self._compose(recipient, parts, links, envelope, bodies)
         self.verify(data)
         return data
 
     def _compose(
-        self, recipient: Recipient, parts: Parts, links: Links, envelope: Envelope
+        self, recipient: Recipient, parts: Parts, links: Links, envelope: Envelope,
+        bodies: Bodies = (None, None),
     ) -> bytes:
         if not self.fast or recipient.smtputf8 or self._framing is None:
             return self.reference(recipient, parts, links, envelope)
         mime, before_text, between, after = self._framing
         if (parts.html is None) != (between is None):
             return self.reference(recipient, parts, links, envelope)
+        text, html = bodies
         chunks = self._headers(recipient, parts, links, envelope)
-        chunks += [mime, before_text, quoted_printable(parts.text)]
+        chunks += [mime, before_text, quoted_printable(parts.text) if text is None else text]
         if parts.html is not None and between is not None:
-            chunks += [between, quoted_printable(parts.html)]
+            chunks += [between, quoted_printable(parts.html) if html is None else html]
         chunks.append(after)
         return b"".join(chunks)
 
     def verify(self, data: bytes) -> None:
-        """Raise ValueError unless the headers are exactly the ones this campaign writes."""
+        """Raise ValueError unless the headers are exactly the ones this campaign writes.
+
+        `_shape` accepts, in one pass, only a header block that `header_names` reads as
+        these names (each line one header or a continuation, no CRLF in a line); anything
+        else is read line by line as before."""
+        if self._shape is not None and self._shape.match(data):
+            return
         names = header_names(data)
         if CRLF + CRLF not in data or names != self._names:
             unexpected = sorted({n.decode("ascii", "replace") for n in names}
@@ -224,7 +251,7 @@ class Composer:
     def _to(self, recipient: Recipient) -> bytes:
         """The To header: written directly in the shapes the library's folder produces for
         one plain mailbox, checked by tests/test_compose.py; anything else, by the library."""
-        name, address = recipient.display_name, recipient.address
+        name, address = display_name(recipient), recipient.address
         if _PLAIN_ADDRESS.fullmatch(address):
             if not name:
                 line = f"To: {address}"
@@ -233,7 +260,7 @@ class Composer:
             else:
                 plain = _PLAIN_NAME.fullmatch(name) is not None
                 if plain or _WORDS.fullmatch(name):
-                    phrase = name if plain else encode_phrase(name.split(" "))[:-1]
+                    phrase = name if plain else self._phrase(name)
                     folded = _fold_mailbox(phrase, address, ascii_phrase=plain)
                     if folded is not None:
                         return folded
@@ -286,6 +313,7 @@ class Composer:
         envelope = Envelope("<sample@example.org>", datetime(2000, 1, 1, tzinfo=UTC))
         data = self.reference(recipient, parts, links, envelope)
         self._names = header_names(data)  # every message of the campaign has these headers
+        self._shape = header_shape(self._names)
         head, separator, body = data.partition(CRLF + CRLF)
         prefix = b"".join(self._headers(recipient, parts, links, envelope))
         text_mark = _SENTINEL_TEXT.rstrip("\n").encode() + CRLF

@@ -11,7 +11,7 @@ Every Jinja2 failure becomes a TemplateError naming the file, the line and the r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,17 @@ class Links:
         )
         return cls(token, url, mailto)
 
+    @staticmethod
+    def truths(campaign: Campaign) -> dict[str, bool]:
+        """`unsubscribe_url` and `unsubscribe_mailto` are set, or not, for every subscriber
+        alike (`{% if unsubscribe_url %}` is the campaign's choice): the URL keeps its text
+        around the token, the mailto is never empty."""
+        truths = {"unsubscribe_mailto": bool(campaign.unsubscribe_mailto)}
+        url = campaign.unsubscribe_url
+        if not url or url.replace(TOKEN_FIELD, ""):
+            truths["unsubscribe_url"] = bool(url)
+        return truths
+
     def header_value(self) -> str | None:
         """The List-Unsubscribe value: https first (RFC 8058), then mailto."""
         items = [f"<{link}>" for link in (self.url, self.mailto) if link]
@@ -61,9 +72,25 @@ def _finalize(value: Any) -> Any:
     return "" if value is None else value
 
 
+class SourcesOnce(jinja2.FileSystemLoader):
+    """Each template's source read once: what is compiled and what `messages.skeleton` parses
+    are the same text, even if the file is edited meanwhile."""
+
+    def __init__(self, searchpath: str) -> None:
+        super().__init__(searchpath, encoding="utf-8")
+        self._sources: dict[str, tuple[str, str, Callable[[], bool]]] = {}
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        if template not in self._sources:
+            self._sources[template] = super().get_source(environment, template)
+        return self._sources[template]
+
+
 def make_environment(templates_dir: Path) -> ImmutableSandboxedEnvironment:
     return ImmutableSandboxedEnvironment(
-        loader=jinja2.FileSystemLoader(str(templates_dir), encoding="utf-8"),
+        loader=SourcesOnce(str(templates_dir)),
         undefined=jinja2.StrictUndefined,
         autoescape=jinja2.select_autoescape(
             enabled_extensions=("html", "htm"), default_for_string=False, default=False
@@ -101,6 +128,15 @@ class Renderer:
             },
         }
 
+    @property
+    def campaign_context(self) -> dict[str, Any]:
+        """The values every subscriber's rendering gets: `[context]`, campaign, sender."""
+        return self._globals
+
+    def template(self, file: str) -> jinja2.Template | None:
+        """The compiled subject, text or HTML template (None: the campaign has no HTML)."""
+        return {SUBJECT: self._subject, TEXT: self._text, HTML: self._html}[file]
+
     def _compile(self, file: str) -> jinja2.Template:
         name = self.campaign.template_name(file)
         with template_errors(self.campaign.templates_dir, name):
@@ -115,7 +151,7 @@ class Renderer:
                 "first_name": recipient.first_name,
                 "last_name": recipient.last_name,
                 "civility": recipient.civility,
-                "name": recipient.display_name or None,
+                "name": display_name(recipient) or None,
                 "attributes": dict(recipient.attributes),
             },
             "unsubscribe_url": links.url,
@@ -135,14 +171,30 @@ class Renderer:
         context["subject"] = subject
         text = self._run(self._text, context)
         html = self._run(self._html, context) if self._html is not None else None
-        return Parts(subject, _ending(text), _ending(html) if html is not None else None)
+        return Parts(subject, ending(text), ending(html) if html is not None else None)
 
     def _run(self, template: jinja2.Template, context: dict[str, Any]) -> str:
         with template_errors(self.campaign.templates_dir, template.name or "?"):
             return template.render(context)
 
 
-def _ending(body: str) -> str:
+class _Last:
+    """The display name of the recipient whose message is being made: the context and the
+    To header both want it (one tuple, replaced whole: no thread sees half of it)."""
+
+    made: tuple[Recipient | None, str] = (None, "")
+
+
+def display_name(recipient: Recipient) -> str:
+    """`recipient.display_name`, worked out once for the message being made."""
+    last, name = _Last.made
+    if last is not recipient:
+        name = recipient.display_name
+        _Last.made = (recipient, name)
+    return name
+
+
+def ending(body: str) -> str:
     """Exactly one final newline: the part ends cleanly before the next boundary."""
     return body.rstrip("\n") + "\n"
 

@@ -681,6 +681,8 @@ def test_the_second_relay_takes_over_when_the_first_budget_is_spent(
     result = cli("send", CAMPAIGN, "--json")
     assert result.code == 0, (result.stdout, result.stderr)
     assert json.loads(result.stdout)["counts"] == {**ZERO, "sent": 20}
+    assert json.loads(result.stdout)["run"]["waiting"] is None  # the second sent the rest
+    assert "used up" not in result.stderr
     assert first.accepted == 5
     assert second.accepted == 15
     assert_one_copy_each([first, second], everyone)

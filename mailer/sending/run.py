@@ -356,6 +356,8 @@ class SendRun:
                 combined.notes.append(f"{exc.message}; the next relay takes over")
                 continue
             if not tally.wait or tally.interrupted:
+                if not tally.wait:  # this relay sent what was due: no wait to speak of
+                    combined.wait = combined.wait_until = combined.wait_relay = ""
                 return combined  # everything due was sent (or the run was stopped)
         refusals = [e for e in errors if isinstance(e, RelayRefusedError)]
         if refusals or (errors and len(errors) == len(self.routes)):

@@ -35,6 +35,9 @@ from mailer.sending.smtperrors import SMTP_ERRORS, TLS_HINT, translate_smtp_erro
 from mailer.sending.wire import command_address, normalize_line_ends, stuff_dots, unsendable
 
 NO_SMTPUTF8 = "the relay does not offer SMTPUTF8, needed for this address"
+# Messages up to this size (dots doubled) go with their final dot in one write; a larger
+# one is written in two, so that a loss before the dot is known to be before it.
+ONE_WRITE = 32 * 1024
 
 
 @dataclass
@@ -265,19 +268,31 @@ class SmtpPool:
             protocol = smtp.protocol
             if protocol is None:
                 raise SMTPServerDisconnected("Connection lost")
-            # The body first, and the final dot only once asyncio has passed the body to
-            # the socket: until the dot is written the relay cannot accept the message
-            # (stage DATA, safe to try again); from then on it may have (stage DATA_END).
-            protocol.write(stuff_dots(body))
-            if not await self._drained(smtp):
-                return Reply(
-                    None,
-                    f"timed out: the relay did not take the message within "
-                    f"{self._data_timeout:g} s",
-                    Stage.DATA,
-                )
-            protocol.write(b".\r\n")  # raises if the connection is gone: nothing sent
-            stage = Stage.DATA_END
+            data = stuff_dots(body)
+            if len(data) <= ONE_WRITE:
+                # An ordinary message: body and final dot in one write, one system call.
+                # The socket takes it whole at once (nothing left in asyncio's buffer);
+                # should it not, a loss from here may be after the dot: DATA_END, the
+                # safe side ("uncertain", never a wrong "not accepted").
+                protocol.write(data + b".\r\n")
+                stage = Stage.DATA_END
+                if not await self._drained(smtp):
+                    return Reply(None, f"timed out: the relay did not take the message "
+                                 f"within {self._data_timeout:g} s", stage)
+            else:
+                # A large one: the body first, and the final dot only once asyncio has
+                # passed the body to the socket: until the dot is written the relay cannot
+                # accept the message (stage DATA, safe to try again); then it may have.
+                protocol.write(data)
+                if not await self._drained(smtp):
+                    return Reply(
+                        None,
+                        f"timed out: the relay did not take the message within "
+                        f"{self._data_timeout:g} s",
+                        Stage.DATA,
+                    )
+                protocol.write(b".\r\n")  # raises if the connection is gone: nothing sent
+                stage = Stage.DATA_END
             response = await protocol.read_response(timeout=self._data_timeout)
             if not 200 <= response.code < 300:
                 raise SMTPDataError(response.code, response.message)

@@ -5,10 +5,13 @@ in mailer.sending.outbox and the tests' memory fakes do). Its connections are op
 `send()` borrows one, runs one transaction for one recipient, and gives it back. What
 aiosmtplib raises is translated in `smtperrors`; what goes on the wire is made in `wire`.
 
-MAIL, RCPT and DATA are driven one by one (not `sendmail()`, whose DATA writes body and dot
-at once) so the pool knows whether the final "." had been written when a connection broke:
-before it, the message surely was not accepted (stage MAIL/RCPT/DATA: deferred); after it,
-the relay may have it (stage DATA_END with no code: "uncertain").
+MAIL, RCPT and DATA are driven one by one (not `sendmail()`) so the pool knows whether the
+final "." may have been written when a connection broke: before it, the message surely was
+not accepted (stage MAIL/RCPT/DATA: deferred); after it, the relay may have it (stage
+DATA_END with no code: "uncertain"). An ordinary message goes with its dot in one write
+(one system call), and a loss from then on counts as after the dot, the safe side; a large
+one (over ONE_WRITE) is written first and its dot after it, so that a loss while the body
+is still being sent is known to be before the dot.
 """
 
 from __future__ import annotations

@@ -122,6 +122,9 @@ def test_a_pause_doubles_until_the_relay_accepts_again(settings: Settings) -> No
             assert fresh.strikes == 1
         with read_transaction(engine) as connection:
             assert len(pauses.waits(connection, T0)) == 4
+        with write_transaction(engine) as connection:  # the old ones are forgotten
+            assert pauses.forget_waits(connection, T0 + timedelta(days=6)) == 3
+            assert len(pauses.waits(connection, T0)) == 1
     day = 86400.0
     with opened(settings) as engine, write_transaction(engine) as connection:
         big = pauses.pause(connection, "s", T0, cooldown=day, reason="q")

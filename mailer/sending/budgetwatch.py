@@ -36,9 +36,12 @@ class BudgetWatch:
         self.refusal: tuple[Refusal, str] | None = None  # the first, in the relay's words
         self._waits: list[tuple[datetime, datetime]] = []
 
+    def _horizon(self) -> datetime:
+        """Waits that ended before this concern no delivery still being tried."""
+        return self.clock() - timedelta(seconds=self.options.backoff.max_age * 4)
+
     async def load_waits(self) -> None:
-        since = self.clock() - timedelta(seconds=self.options.backoff.max_age * 4)
-        self._waits = await self.recorder.in_db(partial(pauses.waits, since=since))
+        self._waits = await self.recorder.in_db(partial(pauses.waits, since=self._horizon()))
 
     def age_start(self, first: datetime, now: datetime) -> datetime:
         """When a delivery first tried at `first` started aging: later by the time spent
@@ -63,6 +66,7 @@ class BudgetWatch:
                 await self.recorder.in_db(partial(
                     pauses.note_wait, relay=self.relay, start=now, end=until, reason="window"
                 ))
+                await self.recorder.in_db(partial(pauses.forget_waits, before=self._horizon()))
         if tally.sent:
             await self.recorder.in_db(partial(pauses.accepted, relay=self.relay, now=now))
         if self.refusal is None:

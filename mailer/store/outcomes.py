@@ -57,13 +57,15 @@ class Result:
 RETURNED = "returned"  # the attempts log's outcome for a reply that charged nobody
 
 
+# Only while this worker still holds the delivery (see the module docstring).
+_HELD = (
+    _DELIVERIES.c.id == bindparam("b_id"),
+    _DELIVERIES.c.state == S.SENDING.value,
+    _DELIVERIES.c.lease_owner == bindparam("b_owner"),
+)
 _RECORD = (
     update(_DELIVERIES)
-    .where(
-        _DELIVERIES.c.id == bindparam("b_id"),
-        _DELIVERIES.c.state == S.SENDING.value,
-        _DELIVERIES.c.lease_owner == bindparam("b_owner"),
-    )
+    .where(*_HELD)
     .values(
         state=bindparam("b_state"),
         attempts=_DELIVERIES.c.attempts + 1,
@@ -79,13 +81,9 @@ _RECORD = (
 )
 
 
-_RETURN = (
+_RETURN = (  # a reply that charged nobody: back where it was claimed from, no attempt
     update(_DELIVERIES)
-    .where(
-        _DELIVERIES.c.id == bindparam("b_id"),
-        _DELIVERIES.c.state == S.SENDING.value,
-        _DELIVERIES.c.lease_owner == bindparam("b_owner"),
-    )
+    .where(*_HELD)
     .values(
         state=bindparam("b_state"),
         last_code=bindparam("b_code"),

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from mailer import api
 from mailer.core.budget import Window, parse_quota, rate_window
-from mailer.core.config import Settings, load_settings, relay_specs
+from mailer.core.config import Settings, load_settings, relay_settings, relay_specs
 from mailer.core.errors import ConfigError
 from mailer.sending.policy import waited
 from mailer.store import pauses, slots
@@ -61,8 +61,17 @@ def test_relay_tables_replace_the_environment_relay(tmp_path: Path) -> None:
     assert first.rate.per_second == 5
     assert second.name == "email-smtp.eu-west-1.amazonaws.com"
     assert second.password is None
-    assert second.rate.per_second == 9  # the settings' rate
     assert "s3cret" not in repr(first)
+    # What a table leaves out, the run's settings say, command-line options included: the
+    # second relay's rate and connections are MAILER_RATE's and the default's, or --rate's
+    # and --concurrency's (the first keeps its own).
+    seen = relay_settings(settings, second)
+    assert (seen.rate.per_second, seen.concurrency) == (9, 4)
+    options = settings.with_overrides(rate="3", concurrency=1)
+    seen = relay_settings(options, second)
+    assert (seen.rate.per_second, seen.concurrency) == (3, 1)
+    seen = relay_settings(options, first)
+    assert (seen.rate.per_second, seen.concurrency) == (5, 2)
 
 
 @pytest.mark.parametrize(("table", "message"), [

@@ -331,11 +331,10 @@ def load_settings(
         values["secret"] = _checked_secret(env["MAILER_SECRET"])
 
     settings = Settings(**values)
-    if settings.relays:  # what a relay does not say, the settings say
+    if settings.relays:  # what a relay does not say, the settings say (rate and
+        # concurrency when used: --rate and --concurrency may still change them)
         settings = replace(settings, relays=tuple(
-            replace(relay, quota=relay.quota or settings.quota, rate=relay.rate or settings.rate,
-                    concurrency=relay.concurrency or settings.concurrency)
-            for relay in settings.relays
+            replace(relay, quota=relay.quota or settings.quota) for relay in settings.relays
         ))
     if settings.retry_max_delay < settings.retry_base_delay:
         raise ConfigError("retry_max_delay must not be smaller than retry_base_delay")

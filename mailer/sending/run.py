@@ -370,7 +370,7 @@ class SendRun:
         target, transport, spec = self._target, route.transport, route.spec
         assert target is not None
         assert transport is not None
-        rate = spec.rate if spec is not None else self.options.rate
+        rate = (spec.rate if spec is not None else None) or self.options.rate
         own = spec.concurrency if spec and spec.concurrency else self.settings.concurrency
         limit = self.options.limit
         options = replace(

@@ -75,7 +75,7 @@ on each call and may be replaced while the relay runs. Example:
 
 Server options (see ScriptedSMTPServer): tls, auth, auth_over_plain, smtputf8, script,
 mail_script, data_script, greeting_script, stall_seconds, slow_seconds, greeting,
-greeting_delay, max_connections, idle_timeout.
+greeting_delay, max_connections, idle_timeout, pipelining (offer PIPELINING; the default).
 
 Everything is recorded thread-safely: `messages` (sender, recipients, bytes, Message-ID, MAIL
 options, queue id, `received_at`: time.time() when the final dot was accepted), `accepted`
@@ -207,7 +207,9 @@ class ScriptedSMTPServer:
     220 greeting (a non-2xx one is followed by a hang-up); greeting_delay: seconds before
     it. max_connections: connections past this many open at once are greeted with 421 4.7.0
     and closed (a relay's per-client limit). idle_timeout: seconds of client silence before
-    the relay closes the connection. Use as a context manager, or start()/stop().
+    the relay closes the connection. pipelining: offer PIPELINING (RFC 2920) in the EHLO
+    reply (aiosmtpd reads pipelined commands in order either way). Use as a context
+    manager, or start()/stop().
     """
 
     host = "127.0.0.1"
@@ -230,6 +232,7 @@ class ScriptedSMTPServer:
         greeting_delay: float = 0.0,
         max_connections: int | None = None,
         idle_timeout: float = 60.0,
+        pipelining: bool = True,
     ) -> None:
         if tls != "none" and certificates is None:
             raise ValueError(f"tls={tls!r} needs certificates (the tls_certificates fixture)")
@@ -245,6 +248,7 @@ class ScriptedSMTPServer:
         self.greeting = greeting
         self.greeting_delay = greeting_delay
         self.max_connections = max_connections
+        self.pipelining = pipelining
         self.port = 0
         self._serving = False  # False during aiosmtpd's own start-up probe connection
         self._open = 0  # connections greeted and not yet closed
@@ -604,6 +608,8 @@ class _Handler:
             record.tls = _over_tls(server)  # again after STARTTLS
         if not self.owner.auth:  # no credentials configured: do not offer AUTH at all
             responses = [line for line in responses if not line[4:].upper().startswith("AUTH")]
+        if self.owner.pipelining:  # aiosmtpd answers pipelined commands in order; say so
+            responses = [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_HELO(

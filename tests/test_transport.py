@@ -32,6 +32,15 @@ if TYPE_CHECKING:  # imported by pytest_plugins below, so that pytest rewrites i
 
 T = TypeVar("T")
 SENDER = "news@example.org"
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-by-one"])
+def smtp_server(
+    request: pytest.FixtureRequest, smtp_server_factory: ServerFactory
+) -> ScriptedSMTPServer:
+    """The plain relay of tests/smtpserver.py, once offering PIPELINING and once not: every
+    test of a stage holds for both ways of driving the envelope."""
+    return smtp_server_factory(pipelining=request.param)
 FAST = {"smtp_timeout": 0.5, "smtp_data_timeout": 1.0}
 
 
@@ -783,18 +792,17 @@ def test_an_ordinary_message_and_its_dot_go_in_one_write(
 ) -> None:
     """Up to ONE_WRITE bytes, the body and the final dot are one write (one system call);
     a larger body is written first, its dot after (so a loss before the dot is known)."""
-    from aiosmtplib.protocol import SMTPProtocol
-
+    from mailer.sending.session import Session
     from mailer.sending.smtp import ONE_WRITE
 
     writes: list[bytes] = []
-    original = SMTPProtocol.write
+    original = Session.write
 
-    def spy(self: SMTPProtocol, data: bytes) -> None:
+    def spy(self: Session, data: bytes) -> None:
         writes.append(data)
         original(self, data)
 
-    monkeypatch.setattr(SMTPProtocol, "write", spy)
+    monkeypatch.setattr(Session, "write", spy)
     small = submission("ok1@example.org")
     large = submission("ok2@example.org", body=("y" * 76 + "\r\n") * (ONE_WRITE // 78 + 1))
     replies = run(send_all(smtp_server.settings(), [small, large]))

@@ -92,6 +92,7 @@ class Settings:
     smtp_timeout: float = 60.0  # connecting, and each SMTP command's reply
     smtp_data_timeout: float = 600.0  # the reply after the final "." of DATA
     smtp_max_messages: int = 100  # messages per connection before reconnecting
+    smtp_pipelining: bool = True  # RFC 2920, where the relay offers it
     imap_password: str | None = field(default=None, repr=False)  # `bounces import imaps://…`
     imap_ca_file: Path | None = None
     sender: str | None = None
@@ -137,6 +138,7 @@ _KEYS: dict[str, str] = {
     "smtp_timeout": "smtp_timeout",
     "smtp_data_timeout": "smtp_data_timeout",
     "smtp_max_messages": "smtp_max_messages",
+    "smtp_pipelining": "smtp_pipelining",
     "imap_ca_file": "imap_ca_file",
     "from": "sender",
     "bounce_address": "bounce_address",
@@ -172,6 +174,11 @@ _SECONDS = frozenset({
 })
 
 
+_BOOLEANS = frozenset({"smtp_pipelining"})
+_TRUTH = {"true": True, "yes": True, "on": True, "1": True,
+          "false": False, "no": False, "off": False, "0": False}
+
+
 def _convert(attr: str, value: Any, *, source: str) -> Any:
     """Turn a raw value (TOML, environment text, option) into the attribute's type."""
     try:
@@ -199,6 +206,10 @@ def _convert(attr: str, value: Any, *, source: str) -> Any:
             if text not in UNCERTAIN_CHOICES:
                 raise ValueError(f"must be one of {', '.join(UNCERTAIN_CHOICES)}")
             return text
+        if attr in _BOOLEANS:
+            if not isinstance(value, bool) and str(value).strip().lower() not in _TRUTH:
+                raise ValueError("must be true or false")
+            return value if isinstance(value, bool) else _TRUTH[str(value).strip().lower()]
         if attr == "rate":
             return value if isinstance(value, Rate) else parse_rate(str(value))
         if attr == "quota":

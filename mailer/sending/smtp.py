@@ -1,17 +1,21 @@
-"""The SMTP transport: `SmtpPool`, K persistent aiosmtplib connections to one relay.
+"""The SMTP transport: `SmtpPool`, K persistent connections to one relay.
 
 `SmtpPool` satisfies the `Transport` protocol of mailer.core.delivery (as `OutboxTransport`
-in mailer.sending.outbox and the tests' memory fakes do). Its connections are opened lazily;
-`send()` borrows one, runs one transaction for one recipient, and gives it back. What
-aiosmtplib raises is translated in `smtperrors`; what goes on the wire is made in `wire`.
+in mailer.sending.outbox and the tests' memory fakes do). Its connections are opened lazily,
+by aiosmtplib (connect, EHLO, STARTTLS, AUTH), then handed to a `Session` (mailer.sending.
+session) that reads every reply in order; `send()` borrows one, runs one transaction for one
+recipient, and gives it back. What goes wrong is translated in `smtperrors`; what goes on the
+wire is made in `wire`.
 
-MAIL, RCPT and DATA are driven one by one (not `sendmail()`) so the pool knows whether the
-final "." may have been written when a connection broke: before it, the message surely was
-not accepted (stage MAIL/RCPT/DATA: deferred); after it, the relay may have it (stage
-DATA_END with no code: "uncertain"). An ordinary message goes with its dot in one write
-(one system call), and a loss from then on counts as after the dot, the safe side; a large
-one (over ONE_WRITE) is written first and its dot after it, so that a loss while the body
-is still being sent is known to be before the dot.
+Where the relay offers PIPELINING (RFC 2920) and `smtp_pipelining` is on (the default),
+MAIL, RCPT and DATA go in one write and their replies are read after it; otherwise each
+waits for its reply. Either way each reply is judged at its own stage, so the pool knows
+whether the final "." may have been written when a connection broke: before it, the message
+surely was not accepted (stage MAIL/RCPT/DATA: deferred); after it, the relay may have it
+(stage DATA_END with no code: "uncertain"). An ordinary message goes with its dot in one
+write (one system call), and a loss from then on counts as after the dot, the safe side; a
+large one (over ONE_WRITE) is written first and its dot after it, so that a loss while the
+body is still being sent is known to be before the dot.
 """
 
 from __future__ import annotations
@@ -23,8 +27,6 @@ from dataclasses import dataclass
 from aiosmtplib import (
     SMTP,
     SMTPDataError,
-    SMTPRecipientRefused,
-    SMTPSenderRefused,
     SMTPServerDisconnected,
     SMTPStatus,
 )
@@ -34,6 +36,7 @@ from mailer.core.delivery import Reply, Stage, Submission
 from mailer.core.errors import ConfigError, MailerError, RelayTemporaryError
 from mailer.core.tls import verified_context
 from mailer.sending.relay import DEFAULT_PORTS, check_auth_allowed, relay_address, require_relay
+from mailer.sending.session import EnvelopeRefused, Session
 from mailer.sending.smtperrors import SMTP_ERRORS, TLS_HINT, translate_smtp_error, whole_run_error
 from mailer.sending.wire import command_address, normalize_line_ends, stuff_dots, unsendable
 
@@ -47,7 +50,7 @@ ONE_WRITE = 32 * 1024
 class _Slot:
     """One connection of the pool: opened lazily, replaced after max messages or trouble."""
 
-    smtp: SMTP | None = None
+    session: Session | None = None
     messages: int = 0  # transactions begun on this connection
     retired: bool = False  # the relay would not take one more connection
 
@@ -76,6 +79,7 @@ class SmtpPool:
         self._timeout = settings.smtp_timeout
         self._data_timeout = settings.smtp_data_timeout
         self._max_messages = settings.smtp_max_messages
+        self._pipelining = settings.smtp_pipelining
         self._local_hostname = local_hostname
         self._tls_context = (
             None if self.security == "none"
@@ -112,7 +116,7 @@ class SmtpPool:
             except RelayTemporaryError:
                 # A relay limiting connections per client refuses the Kth one: carry on
                 # with the connections it did accept, if any is still alive.
-                could_not_open = slot.smtp is None
+                could_not_open = slot.session is None
                 self._discard(slot)
                 if not (could_not_open and self._others_alive(slot)):
                     raise
@@ -132,21 +136,22 @@ class SmtpPool:
 
     def _others_alive(self, slot: _Slot) -> bool:
         return any(
-            other.smtp is not None and other.smtp.is_connected
+            other.session is not None and other.session.is_connected
             for other in self._slots
             if other is not slot and not other.retired
         )
 
-    async def _connection(self, slot: _Slot) -> SMTP:
+    async def _connection(self, slot: _Slot) -> Session:
         """The slot's connection, (re)opened if it is closed, broken or has sent its share."""
-        smtp = slot.smtp
-        if smtp is not None and smtp.is_connected and slot.messages < self._max_messages:
-            return smtp
+        session = slot.session
+        if session is not None and session.is_connected and slot.messages < self._max_messages:
+            return session
         await self._quit(slot)
-        slot.smtp = await self._open()
-        return slot.smtp
+        slot.session = await self._open()
+        return slot.session
 
-    async def _open(self) -> SMTP:
+    async def _open(self) -> Session:
+        """Connect, EHLO, STARTTLS and AUTH with aiosmtplib; then the Session takes over."""
         if self._local_hostname is None:
             self._local_hostname = await asyncio.to_thread(socket.getfqdn)
         smtp = SMTP(
@@ -172,6 +177,7 @@ class SmtpPool:
                 await smtp.ehlo()
             if self._username is not None:
                 await self._login(smtp)
+            session = Session.take_over(smtp)
         except BaseException as exc:
             smtp.close()
             if isinstance(exc, SMTP_ERRORS):
@@ -180,7 +186,7 @@ class SmtpPool:
                 ) from exc
             raise
         self.connections_opened += 1
-        return smtp
+        return session
 
     async def _login(self, smtp: SMTP) -> None:
         assert self._username is not None
@@ -194,22 +200,22 @@ class SmtpPool:
 
     async def _quit(self, slot: _Slot) -> None:
         """QUIT politely and forget the connection; errors do not matter any more."""
-        smtp, slot.smtp, slot.messages = slot.smtp, None, 0
-        if smtp is None:
+        session, slot.session, slot.messages = slot.session, None, 0
+        if session is None:
             return
         try:
-            if smtp.is_connected:
-                await smtp.quit(timeout=min(self._timeout, 5.0))
+            if session.is_connected:
+                await session.quit(timeout=min(self._timeout, 5.0))
         except SMTP_ERRORS:
             pass
         finally:
-            smtp.close()
+            session.close()
 
     def _discard(self, slot: _Slot) -> None:
         """Drop a connection whose state is unknown (no QUIT: it may be mid-transaction)."""
-        if slot.smtp is not None:
-            slot.smtp.close()
-        slot.smtp, slot.messages = None, 0
+        if slot.session is not None:
+            slot.session.close()
+        slot.session, slot.messages = None, 0
 
     # -- one transaction ---------------------------------------------------------------
 
@@ -221,11 +227,11 @@ class SmtpPool:
         if problem is not None:
             return Reply(553, f"mailer cannot send this address: {problem}", Stage.RCPT)
         while True:
-            smtp = await self._connection(slot)
+            session = await self._connection(slot)
             reused = slot.messages > 0
             slot.messages += 1
-            reply = await self._transaction(smtp, submission)
-            if reply.code is None or reply.code == 421 or not smtp.is_connected:
+            reply = await self._transaction(session, submission)
+            if reply.code is None or reply.code == 421 or not session.is_connected:
                 self._discard(slot)
             # A connection that idled out while parked fails at once, at MAIL: nothing of
             # this message was sent, so try again on a fresh connection.
@@ -233,90 +239,75 @@ class SmtpPool:
             if not (reused and stale):
                 return reply
 
-    async def _transaction(self, smtp: SMTP, submission: Submission) -> Reply:
+    async def _transaction(self, session: Session, submission: Submission) -> Reply:
         utf8 = submission.smtputf8 or not (submission.sender + submission.recipient).isascii()
-        if utf8 and not smtp.supports_extension("smtputf8"):
+        if utf8 and not session.supports("smtputf8"):
             return Reply(553, NO_SMTPUTF8, Stage.MAIL)
         encoding = "utf-8" if utf8 else "ascii"
         body = normalize_line_ends(submission.data)
-        options: list[str] = []
-        if smtp.supports_extension("size"):
-            options.append(f"SIZE={len(body)}")  # RFC 1870: no doubled dots, no final dot
+        mail = b"MAIL FROM:" + command_address(submission.sender).encode(encoding)
+        if session.supports("size"):
+            mail += b" SIZE=%d" % len(body)  # RFC 1870: no doubled dots, no final dot
         if utf8:
-            options.append("SMTPUTF8")
-        if not submission.data.isascii() and smtp.supports_extension("8bitmime"):
-            options.append("BODY=8BITMIME")
+            mail += b" SMTPUTF8"
+        if not submission.data.isascii() and session.supports("8bitmime"):
+            mail += b" BODY=8BITMIME"
+        rcpt = b"RCPT TO:" + command_address(submission.recipient).encode(encoding)
 
         stage = Stage.MAIL
         try:
-            # MAIL and RCPT as aiosmtplib's mail() and rcpt() send them and judge the reply;
-            # the addresses were checked above, so they are not parsed again.
-            response = await smtp.execute_command(
-                b"MAIL",
-                b"FROM:" + command_address(submission.sender).encode(encoding),
-                *(option.encode("ascii") for option in options),
-            )
-            if response.code != SMTPStatus.completed:
-                raise SMTPSenderRefused(response.code, response.message, submission.sender)
-            stage = Stage.RCPT
-            response = await smtp.execute_command(
-                b"RCPT", b"TO:" + command_address(submission.recipient).encode(encoding)
-            )
-            if response.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
-                raise SMTPRecipientRefused(response.code, response.message, submission.recipient)
+            pipelined = self._pipelining and session.supports("pipelining")
+            await session.envelope(mail, rcpt, submission, self._timeout, pipelined=pipelined)
             stage = Stage.DATA
-            response = await smtp.execute_command(b"DATA")
-            if response.code != 354:
-                raise SMTPDataError(response.code, response.message)
-            protocol = smtp.protocol
-            if protocol is None:
-                raise SMTPServerDisconnected("Connection lost")
             data = stuff_dots(body)
             if len(data) <= ONE_WRITE:
                 # An ordinary message: body and final dot in one write, one system call.
                 # The socket takes it whole at once (nothing left in asyncio's buffer);
                 # should it not, a loss from here may be after the dot: DATA_END, the
                 # safe side ("uncertain", never a wrong "not accepted").
-                protocol.write(data + b".\r\n")
+                session.write(data + b".\r\n")
                 stage = Stage.DATA_END
-                if not await self._drained(smtp):
+                if not await self._drained(session):
                     return Reply(None, f"timed out: the relay did not take the message "
                                  f"within {self._data_timeout:g} s", stage)
             else:
                 # A large one: the body first, and the final dot only once asyncio has
                 # passed the body to the socket: until the dot is written the relay cannot
                 # accept the message (stage DATA, safe to try again); then it may have.
-                protocol.write(data)
-                if not await self._drained(smtp):
+                session.write(data)
+                if not await self._drained(session):
                     return Reply(
                         None,
                         f"timed out: the relay did not take the message within "
                         f"{self._data_timeout:g} s",
                         Stage.DATA,
                     )
-                protocol.write(b".\r\n")  # raises if the connection is gone: nothing sent
+                session.write(b".\r\n")  # raises if the connection is gone: nothing sent
                 stage = Stage.DATA_END
-            response = await protocol.read_response(timeout=self._data_timeout)
+            response = await session.read_response(timeout=self._data_timeout)
             if not 200 <= response.code < 300:
                 raise SMTPDataError(response.code, response.message)
             return Reply(response.code, response.message, Stage.DATA_END)
-        except SMTP_ERRORS as exc:
-            waited = self._data_timeout if stage is Stage.DATA_END else self._timeout
-            outcome = translate_smtp_error(
-                exc, stage, relay=self.relay, secret=self._password, timeout=waited
-            )
-            if isinstance(outcome, MailerError):
-                if stage is Stage.DATA_END:
-                    # Whatever broke, it broke after the whole message was handed over:
-                    # the relay may have it. That is this message's outcome (uncertain),
-                    # not a reason to release it as untried.
-                    return Reply(None, f"the connection failed: {outcome.message}", stage)
-                raise outcome from exc
-            if outcome.code is not None and outcome.code != 421:
-                await self._reset(smtp)
-            return outcome
+        except EnvelopeRefused as refused:
+            stage, exc = refused.stage, refused.error
+        except SMTP_ERRORS as error:
+            exc = error
+        waited = self._data_timeout if stage is Stage.DATA_END else self._timeout
+        outcome = translate_smtp_error(
+            exc, stage, relay=self.relay, secret=self._password, timeout=waited
+        )
+        if isinstance(outcome, MailerError):
+            if stage is Stage.DATA_END:
+                # Whatever broke, it broke after the whole message was handed over:
+                # the relay may have it. That is this message's outcome (uncertain),
+                # not a reason to release it as untried.
+                return Reply(None, f"the connection failed: {outcome.message}", stage)
+            raise outcome from exc
+        if outcome.code is not None and outcome.code != 421:
+            await self._reset(session)
+        return outcome
 
-    async def _drained(self, smtp: SMTP) -> bool:
+    async def _drained(self, session: Session) -> bool:
         """Wait until the transport's write buffer is empty; False if that takes too long.
 
         Ordinary messages leave nothing buffered (no wait at all). Over TLS this sees the
@@ -327,7 +318,7 @@ class SmtpPool:
         deadline = loop.time() + self._data_timeout
         pause = 0.001
         while True:
-            transport = smtp.transport
+            transport = session.transport
             if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
                 raise SMTPServerDisconnected("Connection lost while sending the message")
             if transport.get_write_buffer_size() == 0:
@@ -337,14 +328,17 @@ class SmtpPool:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
 
-    async def _reset(self, smtp: SMTP) -> None:
+    async def _reset(self, session: Session) -> None:
         """RSET after a refusal so the connection serves the next message; close if it fails."""
-        if not smtp.is_connected:
+        if not session.is_connected:
             return
         try:
-            await smtp.rset()
+            response = await session.command(b"RSET", self._timeout)
         except SMTP_ERRORS:
-            smtp.close()
+            session.close()
+            return
+        if response.code != SMTPStatus.completed:
+            session.close()
 
 
 def smtp_transport(settings: Settings, concurrency: int | None = None) -> SmtpPool:

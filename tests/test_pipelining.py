@@ -109,6 +109,12 @@ def test_a_malformed_or_endless_reply_is_an_smtp_error_not_a_hang() -> None:
     assert isinstance(continued, SMTPResponseException)
 
 
+def test_a_flood_of_replies_is_refused_and_none_of_it_is_read_as_a_reply() -> None:
+    [flood] = read_all([b"250 2.1.0 Ok\r\n" * 40], 1)
+    assert isinstance(flood, SMTPResponseException)
+    assert flood.message == "Replies to commands never sent"
+
+
 def test_a_reply_that_does_not_come_is_a_read_timeout() -> None:
     [partial] = read_all([b"250 no end of line"], 1)
     assert isinstance(partial, SMTPReadTimeoutError)
@@ -186,6 +192,7 @@ class LineRelay:
     lines: list[bytes] = field(default_factory=list)
     messages: list[bytes] = field(default_factory=list)
     held: list[bytes] = field(default_factory=list)  # replies withheld until DATA
+    after_message: bytes = b""  # written after each message's reply, unasked
     port: int = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -204,7 +211,7 @@ class LineRelay:
                             in_data = False
                             self.messages.append(body)
                             body = b""
-                            writer.write(b"250 2.0.0 queued\r\n")
+                            writer.write(b"250 2.0.0 queued\r\n" + self.after_message)
                         else:
                             body += line + b"\r\n"
                         continue
@@ -310,6 +317,25 @@ def test_data_accepted_after_a_refused_recipient_gets_a_lone_dot_and_no_message(
     assert accepted.accepted
     assert relay.messages[0] == b""  # the lone dot: an empty message, not the notice
     assert relay.messages[1].startswith(b"Message-ID: <p2@mailer.test>")
+
+
+def test_a_relay_that_speaks_unasked_between_messages_gets_a_new_connection() -> None:
+    """Words the relay sends with no command pending (here an extra line after a message's
+    250) would be taken for the next command's reply: that connection is replaced."""
+
+    def chatty(line: bytes, relay: LineRelay) -> bytes | None:
+        return b"354 go\r\n" if line[:4].upper() == b"DATA" else b"250 Ok\r\n"
+
+    async def main() -> tuple[list[Reply], LineRelay]:
+        async with LineRelay(chatty, after_message=b"250 2.0.0 and one more thing\r\n") as relay:
+            replies = await send_all(relay.settings(), [submission("a@example.org"),
+                                                        submission("b@example.org", 2)])
+            return replies, relay
+
+    replies, relay = run(main())
+    assert [(reply.code, reply.text) for reply in replies] == [(250, "2.0.0 queued")] * 2
+    assert relay.lines.count(b"EHLO client.mailer.test") == 2  # a second connection
+    assert len(relay.messages) == 2
 
 
 def test_the_first_refusal_is_the_outcome_even_if_the_relay_then_hangs_up() -> None:

@@ -40,6 +40,9 @@ from mailer.sending.smtperrors import SMTP_ERRORS
 
 MAX_LINE_LENGTH = 8192  # as aiosmtplib: one reply line, and a whole reply four times that
 MAX_REPLY_LENGTH = 4 * MAX_LINE_LENGTH
+# Replies waiting to be read: a group is at most 3 commands, so more is a relay talking
+# unasked (a flood would otherwise grow without bound).
+MAX_UNREAD = 16
 _INVALID = -1  # aiosmtplib's SMTPStatus.invalid_response
 
 
@@ -61,8 +64,13 @@ class ReplyReader(asyncio.Protocol):
                 self._replies.append(reply)
             if len(self._buffer) > MAX_REPLY_LENGTH:
                 raise SMTPResponseException(_INVALID, "Response too long")
+            if len(self._replies) > MAX_UNREAD:
+                raise SMTPResponseException(_INVALID, "Replies to commands never sent")
         except SMTPResponseException as exc:
+            # Out of step: none of what came is trusted as a reply (a lost connection, by
+            # contrast, leaves the replies that came before it to be read).
             self._buffer.clear()
+            self._replies.clear()
             self._fail(exc)
         self._wake()
 
@@ -92,6 +100,12 @@ class ReplyReader(asyncio.Protocol):
             finally:
                 self._waiter = None
         return self._replies.popleft()
+
+    @property
+    def unread(self) -> int:
+        """Replies received and not read yet (between transactions: replies nobody asked
+        for, such as a 421 before an idle timeout)."""
+        return len(self._replies)
 
     def _fail(self, exc: Exception) -> None:
         if self._failure is None:
@@ -152,6 +166,13 @@ class Session:
     @property
     def is_connected(self) -> bool:
         return not self.transport.is_closing()
+
+    @property
+    def in_step(self) -> bool:
+        """Connected, and no reply waiting that no command asked for: a transaction may
+        start. A relay that spoke unasked (an idle timeout's 421, anything) would have its
+        words taken for the next command's reply; such a connection is replaced."""
+        return self.is_connected and self.reader.unread == 0
 
     def supports(self, extension: str) -> bool:
         return extension.lower() in self.extensions

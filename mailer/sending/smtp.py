@@ -144,7 +144,7 @@ class SmtpPool:
     async def _connection(self, slot: _Slot) -> Session:
         """The slot's connection, (re)opened if it is closed, broken or has sent its share."""
         session = slot.session
-        if session is not None and session.is_connected and slot.messages < self._max_messages:
+        if session is not None and session.in_step and slot.messages < self._max_messages:
             return session
         await self._quit(slot)
         slot.session = await self._open()

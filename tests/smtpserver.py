@@ -14,7 +14,7 @@ Then:
         assert smtp_server.copies("ok1@example.org") == 1
 
 Fixtures
-    smtp_server          a plain relay: no TLS, no AUTH, SMTPUTF8 and 8BITMIME offered
+    smtp_server          a plain relay: no TLS, no AUTH; SMTPUTF8, 8BITMIME and PIPELINING offered
     smtp_server_factory  `smtp_server_factory(tls="starttls", auth={"user": "pw"}, ...)`: a
                          relay with options (see ScriptedSMTPServer); all stopped after the test
     tls_certificates     (session) a trustme CA, a certificate for 127.0.0.1, ::1 and

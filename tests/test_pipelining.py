@@ -21,7 +21,7 @@ from mailer.core.config import Settings, load_settings
 from mailer.core.delivery import Reply, Stage, Submission
 from mailer.core.errors import ConfigError
 from mailer.sending.session import MAX_LINE_LENGTH, ReplyReader, Session
-from mailer.sending.smtp import SmtpPool
+from mailer.sending.smtp import ONE_WRITE, SmtpPool
 
 if TYPE_CHECKING:
     from tests.smtpserver import ServerFactory
@@ -30,10 +30,10 @@ T = TypeVar("T")
 SENDER = "news@example.org"
 
 
-def submission(recipient: str, number: int = 1) -> Submission:
+def submission(recipient: str, number: int = 1, body: str = "Hello.\r\n") -> Submission:
     message_id = f"<p{number}@mailer.test>"
     data = (f"Message-ID: {message_id}\r\nFrom: {SENDER}\r\nTo: {recipient}\r\n"
-            f"Subject: test {number}\r\n\r\nHello.\r\n").encode()
+            f"Subject: test {number}\r\n\r\n{body}").encode()
     return Submission(number, SENDER, recipient, data, message_id)
 
 
@@ -158,6 +158,23 @@ def test_the_envelope_goes_in_one_write_only_where_pipelining_is_offered_and_on(
         assert all(w.count(b"\r\n") == 1 for w in envelopes)  # MAIL alone
         assert writes.count(b"DATA\r\n") == 2
     assert server.copies("ok1@example.org") == server.copies("ok2@example.org") == 1
+
+
+def test_an_ordinary_message_and_its_dot_go_in_one_write(
+    smtp_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to ONE_WRITE bytes, the body and the final dot are one write (one system call);
+    a larger body is written first, its dot after (so a loss before the dot is known)."""
+    server = smtp_server_factory()
+    writes = spy_writes(monkeypatch)
+    small = submission("ok1@example.org")
+    large = submission("ok2@example.org", 2, body=("y" * 76 + "\r\n") * (ONE_WRITE // 78 + 1))
+    replies = run(send_all(server.settings(), [small, large]))
+    assert all(reply.accepted for reply in replies)
+    ends = [w for w in writes if w.endswith(b".\r\n")]
+    assert ends[0] == small.data + b".\r\n"  # the whole message and its dot, at once
+    assert ends[1] == b".\r\n"  # the large one: its dot alone, after the body
+    assert [m.data for m in server.messages] == [small.data, large.data]
 
 
 def test_pipelining_over_starttls_with_auth(

@@ -785,29 +785,3 @@ def test_fast_paths_agree_with_the_regular_expressions(data: bytes) -> None:
     body = _LINE_END.sub(b"\r\n", data)
     assert normalize_line_ends(data) == (body if body.endswith(b"\r\n") else body + b"\r\n")
     assert stuff_dots(data) == _LEADING_DOT.sub(b"..", data)
-
-
-def test_an_ordinary_message_and_its_dot_go_in_one_write(
-    smtp_server: ScriptedSMTPServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Up to ONE_WRITE bytes, the body and the final dot are one write (one system call);
-    a larger body is written first, its dot after (so a loss before the dot is known)."""
-    from mailer.sending.session import Session
-    from mailer.sending.smtp import ONE_WRITE
-
-    writes: list[bytes] = []
-    original = Session.write
-
-    def spy(self: Session, data: bytes) -> None:
-        writes.append(data)
-        original(self, data)
-
-    monkeypatch.setattr(Session, "write", spy)
-    small = submission("ok1@example.org")
-    large = submission("ok2@example.org", body=("y" * 76 + "\r\n") * (ONE_WRITE // 78 + 1))
-    replies = run(send_all(smtp_server.settings(), [small, large]))
-    assert all(reply.accepted for reply in replies)
-    ends = [w for w in writes if w.endswith(b".\r\n")]
-    assert ends[0] == small.data + b".\r\n"  # the whole message and its dot, at once
-    assert ends[1] == b".\r\n"  # the large one: its dot alone, after the body
-    assert [m.data for m in smtp_server.messages] == [small.data, large.data]

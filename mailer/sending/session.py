@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import cast
 
 from aiosmtplib import (
     SMTP,
@@ -246,7 +245,7 @@ class Session:
 
     def close(self) -> None:
         if not self.transport.is_closing():
-            cast(asyncio.BaseTransport, self.transport).close()
+            self.transport.close()
 
 
 class EnvelopeRefused(Exception):

@@ -120,6 +120,35 @@ def test_a_reply_that_does_not_come_is_a_read_timeout() -> None:
     assert isinstance(partial, SMTPReadTimeoutError)
 
 
+def test_no_command_line_can_carry_another_command() -> None:
+    """The last guard (addresses are refused before: sending.wire.unsendable): a line with
+    CR, LF or any control character is never written."""
+
+    class Recorder(asyncio.WriteTransport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.data = b""
+
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            self.data += bytes(data)
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def main() -> None:
+        transport = Recorder()
+        session = Session(transport, ReplyReader(), {"pipelining"})
+        for line in (b"RCPT TO:<a@example.org>\r\nRCPT TO:<b@example.org>", b"MAIL FROM:<\x00>"):
+            with pytest.raises(ValueError, match="control character"):
+                await session.command(line, 0.1)
+            with pytest.raises(ValueError, match="control character"):
+                await session.envelope(line, b"RCPT TO:<c@example.org>",
+                                       submission("c@example.org"), 0.1, pipelined=True)
+        assert transport.data == b""
+
+    asyncio.run(main())
+
+
 # -- what goes in each write, against aiosmtpd -------------------------------------------------
 
 

@@ -20,6 +20,7 @@ the same way whichever of the two read it.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 
 from aiosmtplib import (
@@ -43,6 +44,10 @@ MAX_REPLY_LENGTH = 4 * MAX_LINE_LENGTH
 # unasked (a flood would otherwise grow without bound).
 MAX_UNREAD = 16
 _INVALID = -1  # aiosmtplib's SMTPStatus.invalid_response
+# As aiosmtplib's execute_command: no control character in a command line (CR or LF would
+# end it and start another). Addresses are checked before (sending.wire.unsendable); this
+# is the last guard, and a bug if it ever fires.
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 class ReplyReader(asyncio.Protocol):
@@ -186,7 +191,7 @@ class Session:
 
     async def command(self, line: bytes, timeout: float | None = None) -> SMTPResponse:
         """Write one command line (without its CRLF) and read its reply."""
-        self.write(line + b"\r\n")
+        self.write(_command_line(line))
         return await self.read_response(timeout)
 
     async def envelope(
@@ -211,7 +216,7 @@ class Session:
                     raise EnvelopeRefused(stage, exc) from exc
                 _judge(stage, response, submission)
             return
-        self.write(b"".join(line + b"\r\n" for _, line in commands))
+        self.write(b"".join(_command_line(line) for _, line in commands))
         replies: list[tuple[Stage, SMTPResponse]] = []
         broken: EnvelopeRefused | None = None
         for stage, _ in commands:
@@ -256,6 +261,12 @@ class EnvelopeRefused(Exception):
         super().__init__(stage, error)
         self.stage = stage
         self.error = error
+
+
+def _command_line(line: bytes) -> bytes:
+    if _CONTROL.search(line):
+        raise ValueError(f"a command line holds a control character: {line[:60]!r}")
+    return line + b"\r\n"
 
 
 def _judge(stage: Stage, response: SMTPResponse, submission: Submission) -> None:

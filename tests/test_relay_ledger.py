@@ -74,6 +74,19 @@ def test_relay_tables_replace_the_environment_relay(tmp_path: Path) -> None:
     assert (seen.rate.per_second, seen.concurrency) == (5, 2)
 
 
+
+def test_a_relay_table_may_turn_pipelining_off(tmp_path: Path) -> None:
+    (tmp_path / "mailer.toml").write_text(
+        '[[relay]]\nhost = "old.example.org"\npipelining = false\n\n'
+        '[[relay]]\nhost = "new.example.org"\n', encoding="utf-8")
+    settings = load_settings(tmp_path / "mailer.toml", {})
+    old, new = relay_specs(settings)
+    assert relay_settings(settings, old).smtp_pipelining is False
+    assert relay_settings(settings, new).smtp_pipelining is True
+    off = load_settings(tmp_path / "mailer.toml", {"MAILER_SMTP_PIPELINING": "no"})
+    assert relay_settings(off, relay_specs(off)[1]).smtp_pipelining is False
+
+
 @pytest.mark.parametrize(("table", "message"), [
     ('[[relay]]\nhost = "a"\npassword = "x"\n', "password is a secret"),
     ('[[relay]]\nport = 25\n', "host is missing"),
@@ -81,6 +94,7 @@ def test_relay_tables_replace_the_environment_relay(tmp_path: Path) -> None:
     ('[[relay]]\nhost = "a"\nquota = "many"\n', "invalid quota 'many'"),
     ('[[relay]]\nhost = "a"\nsecurity = "ssl"\n', "must be one of"),
     ('[[relay]]\nhost = "a"\nspeed = 3\n', "unknown key 'speed'"),
+    ('[[relay]]\nhost = "a"\npipelining = "sometimes"\n', "must be true or false"),
 ])
 def test_bad_relay_tables_are_named(tmp_path: Path, table: str, message: str) -> None:
     (tmp_path / "mailer.toml").write_text(table, encoding="utf-8")

@@ -85,11 +85,12 @@ class RelaySpec:
     rate: Any = None  # mailer.core.config.Rate | None (config imports this module)
     concurrency: int | None = None
     ca_file: Any = None  # Path | None
+    pipelining: bool | None = None  # None: smtp_pipelining
 
 
 _RELAY_KEYS = frozenset({
     "name", "host", "port", "security", "username", "password_env", "quota", "rate",
-    "concurrency", "ca_file",
+    "concurrency", "ca_file", "pipelining",
 })
 
 
@@ -125,7 +126,7 @@ def relay_specs_from(
         get = {key: convert(attr, table[key], source=where) for key, attr in (
             ("port", "smtp_port"), ("security", "smtp_security"), ("username", "smtp_username"),
             ("quota", "quota"), ("rate", "rate"), ("concurrency", "concurrency"),
-            ("ca_file", "smtp_ca_file"),
+            ("ca_file", "smtp_ca_file"), ("pipelining", "smtp_pipelining"),
         ) if key in table}
         specs.append(RelaySpec(
             name=name, host=host, port=get.get("port"),
@@ -134,5 +135,6 @@ def relay_specs_from(
             password_env=str(variable) if variable else None,
             quota=get.get("quota", ()), rate=get.get("rate"),
             concurrency=get.get("concurrency"), ca_file=get.get("ca_file"),
+            pipelining=get.get("pipelining"),
         ))
     return tuple(specs)

@@ -393,4 +393,5 @@ def relay_settings(settings: Settings, relay: RelaySpec) -> Settings:
         smtp_ca_file=relay.ca_file or settings.smtp_ca_file,
         concurrency=relay.concurrency or settings.concurrency,
         rate=relay.rate or settings.rate, quota=relay.quota,
+        smtp_pipelining=settings.smtp_pipelining if relay.pipelining is None else relay.pipelining,
     )

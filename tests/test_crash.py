@@ -30,8 +30,6 @@ import random
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -49,13 +47,13 @@ from sqlalchemy.exc import OperationalError
 from mailer.core.config import Settings
 from mailer.sending.recorder import FLUSH_SECONDS
 from mailer.store.models import Attempt, Delivery, Subscriber
+from tests.children import EXIT_TIMEOUT, Child, Done
 from tests.conftest import REPO_TEMPLATES
 from tests.sendkit import emails, seed
 from tests.smtpserver import ScriptedSMTPServer, ServerFactory
 
 CAMPAIGN = "closure-notice"
 K = 4  # MAILER_CONCURRENCY of every child: SMTP connections per process
-EXIT_TIMEOUT = 60.0  # seconds a child may take to finish a run (a noisy 2-core machine)
 LEFT = ("pending", "sending", "deferred", "uncertain")  # states that still need a run
 # Time a finished SMTP transaction may wait for its outcome to be committed, beyond the
 # dispatcher's FLUSH_SECONDS: the flush may queue behind a claim or a lease renewal on the
@@ -86,61 +84,6 @@ class RelayScript:
     def first_rcpt(self, recipient: str) -> float:
         with self._lock:
             return self._rcpt[recipient][0]
-
-
-# --- child processes -----------------------------------------------------------------------
-
-
-@dataclass
-class Done:
-    code: int
-    stdout: str
-    stderr: str
-    seconds: float  # from start to exit, as seen from here
-
-
-class Child:
-    """One `mailer ...` process; its output goes to files (no pipe can fill up and block it)."""
-
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str], tag: str) -> None:
-        self.args = args
-        self.out = cwd / f"{tag}.stdout"
-        self.err = cwd / f"{tag}.stderr"
-        self.started = time.monotonic()
-        with self.out.open("wb") as out, self.err.open("wb") as err:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailer", *args], cwd=cwd, env=env,
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True,  # a Ctrl-C on the test run is not delivered to it
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def output(self) -> str:
-        stdout = self.out.read_text("utf-8", "replace")
-        stderr = self.err.read_text("utf-8", "replace")
-        return f"`mailer {' '.join(self.args)}` stdout:\n{stdout}\nstderr:\n{stderr}"
-
-    def finish(self, timeout: float = EXIT_TIMEOUT) -> Done:
-        """Wait for the exit; kill it and fail the test if it takes longer than `timeout`."""
-        try:
-            code = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            pytest.fail(f"still running after {timeout:.0f} s (killed): {self.output()}")
-        return Done(code, self.out.read_text("utf-8", "replace"),
-                    self.err.read_text("utf-8", "replace"), time.monotonic() - self.started)
-
-    def kill(self) -> None:
-        if self.running():
-            self.process.kill()
-        self.process.wait()
 
 
 @dataclass

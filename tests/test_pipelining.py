@@ -143,7 +143,7 @@ def test_no_command_line_can_carry_another_command() -> None:
                 await session.command(line, 0.1)
             with pytest.raises(ValueError, match="control character"):
                 await session.envelope(line, b"RCPT TO:<c@example.org>",
-                                       submission("c@example.org"), 0.1, pipelined=True)
+                                       submission("c@example.org"), 0.1)
         assert transport.data == b""
 
     asyncio.run(main())

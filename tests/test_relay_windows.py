@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.children import Child, Done
 from tests.conftest import REPO_TEMPLATES
 from tests.smtpserver import ScriptedSMTPServer, ServerFactory
 
@@ -43,51 +42,6 @@ LEFT = ("pending", "sending", "deferred", "uncertain")  # states that still need
 
 
 # --- child processes ---------------------------------------------------------------------
-
-
-@dataclass
-class Done:
-    code: int
-    stdout: str
-    stderr: str
-
-
-class Child:
-    """One `mailer ...` process; its output goes to files (no pipe can fill up and block it)."""
-
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str], tag: str) -> None:
-        self.args = args
-        self.out = cwd / f"{tag}.stdout"
-        self.err = cwd / f"{tag}.stderr"
-        with self.out.open("wb") as out, self.err.open("wb") as err:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailer", *args], cwd=cwd, env=env,
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True,  # a Ctrl-C on the test run is not delivered to it
-            )
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def output(self) -> str:
-        stdout = self.out.read_text("utf-8", "replace")
-        stderr = self.err.read_text("utf-8", "replace")
-        return f"`mailer {' '.join(self.args)}` stdout:\n{stdout}\nstderr:\n{stderr}"
-
-    def finish(self, timeout: float = FINISH_WITHIN) -> Done:
-        """Wait for the exit; kill it and fail the test if it takes longer than `timeout`."""
-        try:
-            code = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"still running after {timeout:.0f} s (killed): {self.output()}")
-        return Done(code, self.out.read_text("utf-8", "replace"),
-                    self.err.read_text("utf-8", "replace"))
-
-    def kill(self) -> None:
-        if self.running():
-            self.process.kill()
-        self.process.wait()
 
 
 @pytest.fixture
@@ -135,7 +89,7 @@ class Race:
 
     def run(self, *args: str) -> Done:
         child = self.start(*args)
-        done = child.finish()
+        done = child.finish(FINISH_WITHIN)
         assert done.code == 0, f"exit status {done.code}: {child.output()}"
         assert "Traceback" not in done.stderr, child.output()
         return done
@@ -211,7 +165,7 @@ def the_race(race: Race, senders: list[tuple[str, ...]], latecomers: list[tuple[
         time.sleep(0.02)
     started += [race.start(*args) for args in latecomers]
     for child in started:
-        done = child.finish()
+        done = child.finish(FINISH_WITHIN)
         assert done.code == 0, f"exit status {done.code}: {child.output()}"
         assert "Traceback" not in done.stderr, child.output()
     for _ in range(3):  # normally none is left; if some are, the next slots are not far

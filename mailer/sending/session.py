@@ -151,21 +151,25 @@ class Session:
     """An open, greeted (and, if configured, encrypted and logged-in) SMTP connection."""
 
     def __init__(
-        self, transport: asyncio.WriteTransport, reader: ReplyReader, extensions: set[str]
+        self, transport: asyncio.WriteTransport, reader: ReplyReader, extensions: set[str],
+        *, pipelining: bool = True,
     ) -> None:
         self.transport = transport
         self.reader = reader
         self.extensions = frozenset(extensions)  # EHLO keywords, lower case
+        # MAIL, RCPT and DATA in one write: offered by the relay, and not turned off
+        self.pipelined = pipelining and "pipelining" in self.extensions
 
     @classmethod
-    def take_over(cls, smtp: SMTP) -> Session:
-        """Take the connection aiosmtplib opened; `smtp` must not be used afterwards."""
+    def take_over(cls, smtp: SMTP, *, pipelining: bool = True) -> Session:
+        """Take the connection aiosmtplib opened; `smtp` must not be used afterwards.
+        `pipelining`: smtp_pipelining (used where the relay offers it)."""
         transport = smtp.transport
         if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
             raise SMTPServerDisconnected("Connection lost")
         reader = ReplyReader()
         transport.set_protocol(reader)
-        return cls(transport, reader, set(smtp.esmtp_extensions))
+        return cls(transport, reader, set(smtp.esmtp_extensions), pipelining=pipelining)
 
     @property
     def is_connected(self) -> bool:
@@ -195,8 +199,7 @@ class Session:
         return await self.read_response(timeout)
 
     async def envelope(
-        self, mail: bytes, rcpt: bytes, submission: Submission, timeout: float, *,
-        pipelined: bool,
+        self, mail: bytes, rcpt: bytes, submission: Submission, timeout: float
     ) -> None:
         """MAIL, RCPT and DATA, up to the 354; EnvelopeRefused names the stage that stopped.
 
@@ -208,7 +211,7 @@ class Session:
         reply before the next is written.
         """
         commands = ((Stage.MAIL, mail), (Stage.RCPT, rcpt), (Stage.DATA, b"DATA"))
-        if not pipelined:
+        if not self.pipelined:
             for stage, line in commands:
                 try:
                     response = await self.command(line, timeout)

@@ -177,7 +177,7 @@ class SmtpPool:
                 await smtp.ehlo()
             if self._username is not None:
                 await self._login(smtp)
-            session = Session.take_over(smtp)
+            session = Session.take_over(smtp, pipelining=self._pipelining)
         except BaseException as exc:
             smtp.close()
             if isinstance(exc, SMTP_ERRORS):
@@ -256,8 +256,7 @@ class SmtpPool:
 
         stage = Stage.MAIL
         try:
-            pipelined = self._pipelining and session.supports("pipelining")
-            await session.envelope(mail, rcpt, submission, self._timeout, pipelined=pipelined)
+            await session.envelope(mail, rcpt, submission, self._timeout)
             stage = Stage.DATA
             data = stuff_dots(body)
             if len(data) <= ONE_WRITE:
